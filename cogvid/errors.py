@@ -1,0 +1,62 @@
+"""One exception hierarchy for cogvid: every error carries an exit code and an optional hint."""
+
+from __future__ import annotations
+
+
+class CogvidError(Exception):
+    """Base class of every error cogvid reports to a user.
+
+    ``str(error)`` says what is wrong; ``hint`` says how to fix it.
+    """
+
+    exit_code = 70
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class GenerationError(CogvidError):
+    """Generation failed (or some batch items failed)."""
+
+    exit_code = 1
+
+
+class UsageError(CogvidError):
+    """A bad argument or option value."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration file, key or value is wrong."""
+
+    exit_code = 2
+
+
+class MissingFileError(CogvidError):
+    """A file cogvid needs (weights, checkpoint, image, LoRA) is missing or unreadable."""
+
+    exit_code = 3
+
+
+class CheckpointError(MissingFileError):
+    """A checkpoint exists but does not fit the model (keys, shapes, layout)."""
+
+    exit_code = 3
+
+
+class DeviceError(CogvidError):
+    """The requested device is unavailable or ran out of memory."""
+
+    exit_code = 4
+
+
+class Cancelled(CogvidError):
+    """Raised (by a progress callback or Ctrl-C) to stop a generation cleanly between steps."""
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted", hint: str | None = None) -> None:
+        super().__init__(message, hint)
