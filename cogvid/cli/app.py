@@ -1,0 +1,105 @@
+"""The ``cogvid`` command: a Typer app whose commands import their heavy parts lazily."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from cogvid import __version__
+from cogvid.cli import console
+from cogvid.errors import CogvidError
+
+EXAMPLES = """\
+Examples:
+
+  cogvid models list                         which models are known, which weights are present
+  cogvid models show cogvideox-5b            merged config and weight paths of one model
+"""
+
+
+def _debug_enabled(ctx: typer.Context | None) -> bool:
+    if os.environ.get("COGVID_DEBUG"):
+        return True
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
+
+
+class CogvidGroup(TyperGroup):
+    """Turns cogvid errors into ``error:``/``hint:`` lines and exit codes (tracebacks with --debug)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CogvidError as e:
+            if _debug_enabled(ctx):
+                traceback.print_exc()
+            console.print_error(e.message, e.hint)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            console.print_error("interrupted")
+            ctx.exit(130)
+
+
+app = typer.Typer(
+    name="cogvid",
+    cls=CogvidGroup,
+    help="Generate videos with CogVideoX models in their native SAT format.",
+    epilog=EXAMPLES,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cogvid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """Generate videos with CogVideoX models in their native SAT format."""
+    ctx.obj = {"debug": debug}
+
+
+def _register() -> None:
+    from cogvid.cli import models
+
+    app.add_typer(models.app, name="models")
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point: a bug becomes exit code 70 with one line (traceback with --debug)."""
+    try:
+        app(prog_name="cogvid")
+    except SystemExit:
+        raise
+    except Exception as e:
+        if os.environ.get("COGVID_DEBUG") or "--debug" in sys.argv[1:]:
+            traceback.print_exc()
+        console.print_error(
+            f"internal error: {type(e).__name__}: {e}",
+            "this is a bug in cogvid; rerun with --debug for the traceback and report it",
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

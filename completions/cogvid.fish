@@ -1,0 +1,1 @@
+complete --command cogvid --no-files --arguments "(env _COGVID_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cogvid)" --condition "env _COGVID_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cogvid"

@@ -1,0 +1,1 @@
+"""Bundled model configurations (package data: found after a plain ``pip install .``)."""
