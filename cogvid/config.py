@@ -59,6 +59,7 @@ TARGETS: dict[str, str | None] = {
     f"{_SGM}.guiders.VanillaCFG": "cogvid.diffusion.guiders:VanillaCFG",
     f"{_SGM}.guiders.DynamicCFG": "cogvid.diffusion.guiders:DynamicCFG",
     f"{_SGM}.guiders.IdentityGuider": "cogvid.diffusion.guiders:IdentityGuider",
+    f"{_SGM}.sampling.DDIMSampler": "cogvid.diffusion.samplers:DDIMSampler",
     f"{_SGM}.sampling.EulerEDMSampler": "cogvid.diffusion.samplers:EulerEDMSampler",
     f"{_SGM}.sampling.HeunEDMSampler": "cogvid.diffusion.samplers:HeunEDMSampler",
     f"{_SGM}.sampling.EulerAncestralSampler": "cogvid.diffusion.samplers:EulerAncestralSampler",
