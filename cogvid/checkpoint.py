@@ -1,0 +1,253 @@
+"""SAT checkpoint layout: read (memory-mapped, weights only), strict key checks, write.
+
+A SAT/DeepSpeed transformer folder looks like::
+
+    <folder>/latest                              "1000" (an iteration) or "release"
+    <folder>/1000/mp_rank_00_model_states.pt     {"module": {<engine key>: tensor, ...}, ...}
+
+Inside ``module`` the DiT keys carry the engine prefix ``model.diffusion_model.``; full-engine
+(fine-tune) files also hold the T5 (``conditioner.*``) and the VAE (``first_stage_model.*``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cogvid.errors import CheckpointError, MissingFileError
+
+if TYPE_CHECKING:
+    from cogvid.dit.model import DiffusionTransformer
+
+DIT_PREFIX = "model.diffusion_model."
+TEXT_PREFIX = "conditioner."
+VAE_PREFIX = "first_stage_model."
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+LAYOUT_HINT = (
+    "a SAT checkpoint folder holds a text file 'latest' (an iteration number such as 1000, or 'release') "
+    f"and '<iteration>/{MODEL_STATES}', e.g. transformer/latest + transformer/1000/{MODEL_STATES}"
+)
+
+_SHOWN = 5  # how many key names an error lists
+
+
+# --------------------------------------------------------------------------------------------
+# Strict key/shape check (reused by the VAE loader)
+
+
+def check_keys(
+    expected: Mapping[str, tuple[int, ...] | torch.Size],
+    found: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    source: Path | str,
+    optional: Iterable[str] = (),
+    looks_like: str | None = None,
+) -> None:
+    """Raise CheckpointError unless ``found`` has exactly the ``expected`` keys with their shapes.
+
+    ``optional`` keys may be missing from ``found`` and may also appear there without being
+    expected. ``looks_like`` (e.g. "cogvideox-5b (hidden 3072, 42 layers)") is added to the
+    message to tell the user what the file seems to hold instead.
+    """
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in found and k not in optional)
+    unexpected = sorted(k for k in found if k not in expected and k not in optional)
+    wrong = sorted(
+        (k, tuple(found[k].shape), tuple(expected[k])) for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])
+    )
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+    if wrong:
+        shown = ", ".join(f"{k} {f} (expected {e})" for k, f, e in wrong[:_SHOWN])
+        more = f", ... ({len(wrong) - _SHOWN} more)" if len(wrong) > _SHOWN else ""
+        parts.append(f"{len(wrong)} tensor(s) with the wrong shape: {shown}{more}")
+    message = f"{source} does not match the {what}: " + "; ".join(parts)
+    if looks_like:
+        message += f". The file looks like {looks_like}"
+    raise CheckpointError(message, hint=f"check that the checkpoint belongs to the {what} configured for this model")
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return shown + (f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def resolve_checkpoint_file(folder: Path | str) -> Path:
+    """The ``mp_rank_00_model_states.pt`` file a SAT folder points at (through ``latest``).
+
+    A path to a ``.pt`` file is returned as is (after checking that it exists).
+    """
+    folder = Path(folder).expanduser()
+    if folder.is_file():
+        return folder
+    if not folder.exists():
+        raise MissingFileError(f"checkpoint folder {folder} does not exist", hint=LAYOUT_HINT)
+    latest = folder / "latest"
+    if not latest.is_file():
+        raise MissingFileError(f"{folder} has no 'latest' file, so it is not a SAT checkpoint folder", hint=LAYOUT_HINT)
+    try:
+        tag = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {latest}: {e}", hint=LAYOUT_HINT) from e
+    if tag != "release":
+        try:
+            iteration = int(tag)
+        except ValueError:
+            iteration = 0
+        if iteration <= 0:
+            raise CheckpointError(
+                f"{latest} holds {tag[:40]!r}; expected a positive iteration number or 'release'", hint=LAYOUT_HINT
+            )
+        tag = str(iteration)
+    path = folder / tag / MODEL_STATES
+    if not path.is_file():
+        raise MissingFileError(f"{latest} points at iteration {tag!r}, but {path} does not exist", hint=LAYOUT_HINT)
+    return path
+
+
+def read_state_dict(path_or_folder: Path | str) -> dict[str, torch.Tensor]:
+    """The whole ``module`` dict of a SAT checkpoint, memory-mapped (``weights_only`` load)."""
+    path = resolve_checkpoint_file(path_or_folder)
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            hint="the file is corrupt, truncated or not a PyTorch checkpoint; download it again. " + LAYOUT_HINT,
+        ) from e
+    if not isinstance(data, dict) or not isinstance(data.get("module"), dict):
+        raise CheckpointError(f"{path} has no 'module' state dict", hint=LAYOUT_HINT)
+    module = data["module"]
+    bad = [k for k, v in module.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: 'module' holds non-tensor entries: {_few([str(k) for k in bad])}", hint=LAYOUT_HINT)
+    return module
+
+
+def split_engine_state(module: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Split an engine ``module`` dict into ``{"dit", "text", "vae", "other"}`` parts.
+
+    DiT keys lose their ``model.diffusion_model.`` prefix; T5 (``conditioner.``) and VAE
+    (``first_stage_model.``) keys keep theirs minus that prefix, for the engine to use.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {"dit": {}, "text": {}, "vae": {}, "other": {}}
+    for key, value in module.items():
+        for name, prefix in (("dit", DIT_PREFIX), ("text", TEXT_PREFIX), ("vae", VAE_PREFIX)):
+            if key.startswith(prefix):
+                parts[name][key[len(prefix) :]] = value
+                break
+        else:
+            parts["other"][key] = value
+    return parts
+
+
+def describe_dit_state(state: Mapping[str, torch.Tensor]) -> str:
+    """A short description of which released DiT a DiT state dict (no prefix) resembles."""
+    qkv = state.get("transformer.layers.0.attention.query_key_value.weight")
+    if qkv is None:
+        qkv = state.get("transformer.layers.0.attention.query_key_value.original.weight")
+    patch = state.get("mixins.patch_embed.proj.weight")
+    if qkv is None or patch is None:
+        return "no CogVideoX DiT (no layer 0 attention or patch embedding)"
+    hidden = int(qkv.shape[1])
+    layers = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
+    if patch.dim() == 4:  # 1.0 Conv2d (H, C_in, p, p)
+        in_channels, generation = int(patch.shape[1]), "1.0"
+    else:  # 1.5 Linear (H, C_in * pt * p * p)
+        in_channels, generation = int(patch.shape[1]) // 8, "1.5"
+    has_ofs = "ofs_embed.0.weight" in state
+    lora = any(".matrix_A." in k for k in state)
+    if generation == "1.0":
+        if hidden == 1920:
+            name = "cogvideox-2b"
+        elif in_channels == 32:
+            name = "cogvideox-5b-i2v"
+        else:
+            name = "cogvideox-5b"
+    else:
+        name = "cogvideox1.5-5b-i2v" if in_channels == 32 or has_ofs else "cogvideox1.5-5b"
+    details = f"hidden size {hidden}, {layers} layers, in-channels {in_channels}, patch weight {tuple(patch.shape)}"
+    details += ", ofs embedding" if has_ofs else ""
+    details += ", LoRA" if lora else ""
+    return f"{name} ({details})"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the DiT
+
+
+def load_dit(
+    network_config: Any,
+    folder: Path | str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> DiffusionTransformer:
+    """Build the DiT of ``network_config`` on the meta device and assign the checkpoint's weights.
+
+    No random initialisation happens: parameters are created on ``meta``, the memory-mapped
+    checkpoint tensors are cast to ``dtype``/``device`` and assigned, and the tables the
+    original recomputes (sin-cos / RoPE) are computed. Keys are checked strictly
+    (CheckpointError on mismatch); T5/VAE keys of full-engine files are ignored.
+    """
+    from cogvid.dit.model import build_dit  # imports SAT: only when a DiT is really built
+
+    model = build_dit(network_config, dtype=dtype, device="meta")
+    state = split_engine_state(read_state_dict(folder))["dit"]
+    source = resolve_checkpoint_file(folder)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    optional = model.optional_state_keys()
+    looks_like = describe_dit_state(state) if state else "no DiT at all (no 'model.diffusion_model.' keys)"
+    check_keys(expected, state, what=f"DiT ({model.describe()})", source=source, optional=optional, looks_like=looks_like)
+    device = torch.device(device)
+    assigned = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k in expected}
+    model.assign_state_(assigned)
+    model.materialize_derived_(device=device, dtype=dtype)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_checkpoint(folder: Path | str, module_state: Mapping[str, torch.Tensor], iteration: int = 1000) -> Path:
+    """Write ``{"module": module_state}`` in the SAT layout; returns the ``.pt`` path.
+
+    The folder is assembled under a temporary name beside it and renamed when complete; an
+    existing folder is never overwritten (CheckpointError). Keys are written as given (pass
+    engine keys, e.g. ``model.diffusion_model.<DiT key>``, for a file the original can load).
+    """
+    folder = Path(folder).expanduser()
+    if iteration <= 0:
+        raise CheckpointError(f"iteration must be positive, got {iteration}")
+    if folder.exists():
+        raise CheckpointError(f"{folder} already exists; not overwriting it", hint="choose a new folder or remove the old one")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        (tmp / str(iteration)).mkdir()
+        state = {k: v.detach().contiguous() for k, v in module_state.items()}
+        torch.save({"module": state}, tmp / str(iteration) / MODEL_STATES)
+        (tmp / "latest").write_text(f"{iteration}\n", encoding="utf-8")
+        os.rename(tmp, folder)  # atomic on one file system; fails if folder appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder / str(iteration) / MODEL_STATES
