@@ -17,6 +17,9 @@ from cogvid.errors import CogvidError
 EXAMPLES = """\
 Examples:
 
+  cogvid t2v "a red ball bouncing"           a video from the embedded demo model, no download
+  cogvid t2v "a cat surfing" -m cogvideox-5b --seed 42
+  cogvid i2v photo.png "the dog turns its head" -m cogvideox-5b-i2v
   cogvid models list                         which models are known, which weights are present
   cogvid models show cogvideox-5b            merged config and weight paths of one model
 """
@@ -77,9 +80,12 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import models
+    from cogvid.cli import generate, models
 
+    app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
+    app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
     app.add_typer(models.app, name="models")
+    __import__("cogvid.cli.batch", fromlist=["register"]).register(app)
 
 
 _register()

@@ -1,0 +1,252 @@
+"""VideoDiffusionEngine: conditioner + DiT + denoiser + sampler + VAE, assembled from a merged config.
+
+The engine follows the original ``SATVideoDiffusionEngine`` and ``sample_video.py`` (REFERENCE §6-§7):
+latents in the sampler layout (B, T, C, h, w); the initial noise drawn on the CPU in float32; the
+unconditional input as zeros (or the encoded negative prompt); I2V image latents concatenated on the
+channel axis of every DiT call; the 1.5-I2V ``ofs`` input; the chunked inference decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cogvid.config import instantiate
+from cogvid.errors import DeviceError, MissingFileError, UsageError
+from cogvid.registry import check_weight_part
+from cogvid.request import ModelSpec
+
+OFS_VALUE = 2.0  # sample_video (1.5-I2V) passes ofs = [2.0]
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Where the three parts of a model are read from."""
+
+    transformer: Path
+    vae: Path
+    t5: Path
+
+    def check(self, model_label: str) -> None:
+        """MissingFileError listing every missing part and the layout cogvid expects."""
+        statuses = [check_weight_part(part, path) for part, path in
+                    (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
+        missing = [s for s in statuses if not s.found]
+        if not missing:
+            return
+        lines = "; ".join(f"{s.part}: {s.problem}" for s in missing)
+        raise MissingFileError(
+            f"weights of {model_label} not found ({lines})",
+            hint=(
+                "expected layout: transformer/latest + transformer/<iteration>/mp_rank_00_model_states.pt, "
+                "vae/3d-vae.pt, t5-v1_1-xxl/ (config.json, weights, spiece.model); "
+                "`cogvid models show NAME` prints the paths and where to download them"
+            ),
+        )
+
+
+def weight_paths_from_config(cfg: DictConfig, base: Path | None = None) -> WeightPaths:
+    """Paths named inside an original-style config (``args.load``, the VAE ``ckpt_path``, T5 ``model_dir``)."""
+    root = base or Path.cwd()
+
+    def resolve(value: Any, what: str) -> Path:
+        if value in (None, ""):
+            raise UsageError(f"the configuration does not say where the {what} is", hint="pick a model with --model, or set the path in your YAML")
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else root / path
+
+    model = cfg.model
+    t5 = model.conditioner_config.params.emb_models[0].params.model_dir
+    return WeightPaths(
+        transformer=resolve(cfg.get("args", {}).get("load"), "transformer checkpoint (args.load)"),
+        vae=resolve(model.first_stage_config.params.get("ckpt_path"), "VAE checkpoint (first_stage_config.params.ckpt_path)"),
+        t5=resolve(t5, "T5 folder (conditioner ... model_dir)"),
+    )
+
+
+class DiTWrapper(nn.Module):
+    """The original ``OpenAIWrapper``: cast conditioning to the DiT dtype, concat I2V latents, call the DiT."""
+
+    def __init__(self, diffusion_model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: dict[str, torch.Tensor], **extra: Any) -> torch.Tensor:
+        cond = {key: value.to(self.dtype) for key, value in cond.items()}
+        if "concat" in cond:
+            x = torch.cat([x, cond["concat"].to(x.dtype)], dim=2)  # (B, T, C, h, w) + (B, T, C', h, w) on channels
+        return self.diffusion_model(x, timesteps=timesteps, context=cond["crossattn"], y=cond.get("vector"), **extra)
+
+
+class VideoDiffusionEngine(nn.Module):
+    """All parts of a CogVideoX model, on one device and dtype (``.network``, ``.first_stage``, ...)."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        spec: ModelSpec,
+        *,
+        network: nn.Module,
+        conditioner: nn.Module,
+        first_stage: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+        self.network = network
+        self.model = DiTWrapper(network, dtype)
+        self.conditioner = conditioner
+        self.first_stage = first_stage
+        self.denoiser = instantiate(cfg.model.denoiser_config)
+        self.sampler_config = cfg.model.sampler_config
+        self.scale_factor = float(cfg.model.scale_factor)
+        self.device = device
+        self.dtype = dtype
+        self.offload = False
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        spec: ModelSpec,
+        paths: WeightPaths,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        model_label: str = "the model",
+        progress: Callable[[str], None] | None = None,
+    ) -> VideoDiffusionEngine:
+        """Build every part from ``cfg`` and read the weights at ``paths`` (checked first)."""
+        from cogvid.checkpoint import load_dit
+
+        paths.check(model_label)
+        if spec.model_dtype == "bf16" and dtype == torch.float16:
+            raise UsageError(
+                f"{model_label} runs in bf16; fp16 overflows in its activations",
+                hint="use --dtype bf16 (or fp32 on CPU)",
+            )
+        if device.type == "cpu" and dtype == torch.float16:
+            raise UsageError("fp16 is not supported on the CPU", hint="use --dtype fp32 or bf16 on the CPU")
+        report = progress or (lambda stage: None)
+        try:
+            report("transformer")
+            network = load_dit(cfg.model.network_config, paths.transformer, dtype=dtype, device=device)
+            report("vae")
+            first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
+            first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
+            report("text encoder")
+            emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
+            emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
+            conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
+            conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
+        except torch.cuda.OutOfMemoryError as e:
+            raise DeviceError(
+                f"out of memory on {device} while loading {model_label}",
+                hint="free GPU memory, use --offload, or a smaller model",
+            ) from e
+        return cls(cfg, spec, network=network, conditioner=conditioner, first_stage=first_stage, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ conditioning
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str, negative_prompt: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(cond, uncond) for one prompt; uncond is zeros as the original unless a negative prompt is given."""
+        batch_c = {"txt": [prompt]}
+        if negative_prompt:
+            cond = self.conditioner({"txt": [prompt]})
+            uncond = self.conditioner({"txt": [negative_prompt]})
+        else:
+            cond, uncond = self.conditioner.get_unconditional_conditioning(batch_c, {"txt": [""]}, ["txt"])
+        if self.offload:
+            for embedder in self.conditioner.embedders:
+                embedder.offload()
+        return cond, uncond
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, latent_frames: int, generator: torch.Generator) -> torch.Tensor:
+        """Image (1, 3, 1, H, W) in [-1, 1] -> conditioning latents (1, T, 16, h, w): the image at latent 0, zeros after.
+
+        1.0 keeps ``VAE sample x scale_factor``; 1.5 divides by scale_factor again (the raw sample), as the originals do.
+        """
+        latent = self.first_stage.encode(image.to(self.device, self.dtype), generator=generator)  # (1, 16, 1, h, w)
+        latent = latent * self.scale_factor
+        if self.spec.generation == "1.5":
+            latent = latent / self.scale_factor
+        latent = latent.permute(0, 2, 1, 3, 4).contiguous()  # (1, 16, 1, h, w) -> (1, 1, 16, h, w)
+        padding = latent.new_zeros(latent.shape[0], latent_frames - 1, *latent.shape[2:])
+        return torch.cat([latent, padding], dim=1)  # (1, T, 16, h, w)
+
+    # ------------------------------------------------------------------ sampling
+
+    def make_sampler(self, name: str | None = None, steps: int | None = None, guidance: float | None = None) -> Any:
+        """The configured sampler, or the one named, with the step count and guidance scale overridden."""
+        from cogvid.diffusion import build_sampler, sampler_config_with
+
+        node = self.sampler_config if name is None else sampler_config_with(name, self.sampler_config)
+        return build_sampler(node, num_steps=steps, guidance=guidance)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor], **extra: Any) -> torch.Tensor:
+        """The denoiser applied to the wrapped DiT (what the samplers call)."""
+        return self.denoiser(self.model, x, sigma, cond, **extra)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: dict[str, torch.Tensor],
+        uncond: dict[str, torch.Tensor],
+        noise: torch.Tensor,
+        sampler: Any,
+        *,
+        generator: torch.Generator,
+        callback: Callable[[int, int, float], None] | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32."""
+        x = noise.to(device=self.device, dtype=torch.float32)
+        ofs = None
+        if getattr(self.network, "ofs_embed_dim", None):
+            ofs = torch.tensor([OFS_VALUE], device=self.device, dtype=torch.float32)
+        try:
+            return sampler(self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
+        except torch.cuda.OutOfMemoryError as e:
+            raise DeviceError(
+                f"out of memory on {self.device} while denoising",
+                hint="use a smaller size or fewer frames, --offload, or a GPU with more memory",
+            ) from e
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latents: torch.Tensor,
+        *,
+        schedule: str | None = None,
+        tiling: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1]."""
+        z = latents.permute(0, 2, 1, 3, 4).contiguous() / self.scale_factor  # (B, T, C, h, w) -> (B, C, T, h, w)
+        if self.offload and self.device.type == "cuda":
+            self.network.to("cpu")
+            torch.cuda.empty_cache()
+        try:
+            frames = self.first_stage.decode(z.to(self.dtype), schedule=schedule, tiling=tiling, callback=callback)
+        except torch.cuda.OutOfMemoryError as e:
+            raise DeviceError(
+                f"out of memory on {self.device} while decoding",
+                hint="use --vae-tiling or --offload",
+            ) from e
+        finally:
+            if self.offload and self.device.type == "cuda":
+                self.network.to(self.device)
+        return frames.float().permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W) -> (B, F, 3, H, W)
+

@@ -1,0 +1,62 @@
+"""diffusers' CogVideoX pipelines assembled from the same tiny weights as a cogvid model (test-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from fixtures.dit_diffusers import diffusers_transformer
+from fixtures.vae_diffusers import diffusers_vae
+
+
+def sat_alphas(num_steps: int, shift_scale: float) -> tuple[list[int], list[float]]:
+    """The original sampler's timesteps (loop order) and its subset-rescaled sqrt(alpha_cumprod)."""
+    from cogvid.diffusion.discretization import ZeroSNRDDPMDiscretization
+
+    alphas, timesteps = ZeroSNRDDPMDiscretization(shift_scale=shift_scale)(
+        num_steps, do_append_zero=False, flip=True, return_idx=True
+    )
+    return [int(t) for t in timesteps], [float(a) for a in alphas]
+
+
+def reference_pipeline(pipe, *, original_alphas: bool, num_steps: int, image_to_video: bool = False):
+    """A diffusers CogVideoX(ImageToVideo)Pipeline holding the cogvid pipeline's weights.
+
+    ``original_alphas=True`` writes the original sampler's subset-rescaled alphas into the
+    scheduler's table at the timesteps it visits (REFERENCE §5.5 item 1), so only the remaining
+    documented difference (the denoiser's table quantization) separates the two.
+    """
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline, CogVideoXPipeline
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    engine = pipe.engine
+    cfg = engine.cfg
+    net_params = OmegaConf.to_container(cfg.model.network_config.params, resolve=True)
+    dit_state = {k: v.detach().float().clone() for k, v in engine.network.state_dict().items()}
+    transformer = diffusers_transformer(net_params, dit_state)
+    coder = cfg.model.first_stage_config.params.decoder_config.params
+    vae_state = {k: v.detach().float().clone() for k, v in engine.first_stage.state_dict().items()}
+    vae = diffusers_vae(vae_state, coder.ch, list(coder.ch_mult), coder.num_res_blocks)
+    vae.config.scaling_factor = float(cfg.model.scale_factor)
+    t5_dir = Path(engine.conditioner.embedders[0].model_dir)
+    discretization = cfg.model.denoiser_config.params.discretization_config
+    shift = float((discretization.get("params") or {}).get("shift_scale", 1.0))
+    scheduler = CogVideoXDDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", snr_shift_scale=shift,
+        rescale_betas_zero_snr=True, prediction_type="v_prediction", set_alpha_to_one=True,
+        timestep_spacing="trailing", clip_sample=False,
+    )
+    if original_alphas:
+        timesteps, alphas = sat_alphas(num_steps, shift)
+        for t, a in zip(timesteps, alphas):
+            scheduler.alphas_cumprod[t] = a * a
+    cls = CogVideoXImageToVideoPipeline if image_to_video else CogVideoXPipeline
+    return cls(
+        tokenizer=T5Tokenizer.from_pretrained(str(t5_dir)),
+        text_encoder=T5EncoderModel.from_pretrained(str(t5_dir)).eval(),
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
