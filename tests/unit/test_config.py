@@ -31,7 +31,7 @@ def test_bundled_set_covers_every_released_model_and_lora_variant():
     names = {p.stem for p in BUNDLED_MODELS}
     assert names == {
         "cogvideox_2b", "cogvideox_5b", "cogvideox_5b_i2v", "cogvideox1.5_5b", "cogvideox1.5_5b_i2v",
-        "cogvideox_2b_lora", "cogvideox_5b_lora", "cogvideox_5b_i2v_lora",
+        "cogvideox_2b_lora", "cogvideox_5b_lora", "cogvideox_5b_i2v_lora", "cogvideox_tiny",
     }
 
 
