@@ -17,11 +17,11 @@ from cogvid.errors import CogvidError
 EXAMPLES = """\
 Examples:
 
-  cogvid t2v "a red ball bouncing"           a video from the embedded demo model, no download
+  cogvid t2v "a red ball bouncing"          # demo model, no download
   cogvid t2v "a cat surfing" -m cogvideox-5b --seed 42
-  cogvid i2v photo.png "the dog turns its head" -m cogvideox-5b-i2v
-  cogvid models list                         which models are known, which weights are present
-  cogvid models show cogvideox-5b            merged config and weight paths of one model
+  cogvid i2v photo.png "the dog turns" -m cogvideox-5b-i2v
+  cogvid batch prompts.txt -m cogvideox-5b --resume
+  cogvid models list                        # which weights are present
 """
 
 
@@ -80,12 +80,12 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import generate, models
+    from cogvid.cli import batch, generate, models
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
+    batch.register(app)
     app.add_typer(models.app, name="models")
-    __import__("cogvid.cli.batch", fromlist=["register"]).register(app)
 
 
 _register()

@@ -117,20 +117,20 @@ def test_callback_reports_each_chunk_and_cancel_propagates(tiny_vae):
 
 
 def test_tiling_with_one_tile_is_the_untiled_decode(tiny_vae):
-    z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     assert torch.equal(tiny_vae.decode(z, tiling=True, tile_size=4, tile_overlap=1), tiny_vae.decode(z))
 
 
 def test_tiling_blends_overlapping_tiles(tiny_vae):
-    z = torch.randn(1, 16, 3, 6, 10, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(1, 16, 2, 4, 6, generator=torch.Generator().manual_seed(3))
     untiled = tiny_vae.decode(z)
     seen = []
-    tiled = tiny_vae.decode(z, tiling=True, tile_size=4, tile_overlap=2, callback=lambda i, n: seen.append((i, n)))
-    assert tiled.shape == untiled.shape == (1, 3, 9, 48, 80)
-    assert seen[-1] == (7, 8)  # 2 rows x 4 columns of tiles, 1 chunk each
+    tiled = tiny_vae.decode(z, tiling=True, tile_size=3, tile_overlap=1, callback=lambda i, n: seen.append((i, n)))
+    assert tiled.shape == untiled.shape == (1, 3, 8, 32, 48)
+    assert seen[-1] == (5, 6)  # 2 rows x 3 columns of tiles, 1 chunk each
     assert torch.isfinite(tiled).all()
     # Per-tile GroupNorm statistics make tiling approximate (documented in VideoAutoencoder.decode).
     error = (tiled - untiled).abs()
     assert 0 < error.mean().item() < 0.5 * untiled.abs().mean().item()
     with pytest.raises(UsageError):
-        tiny_vae.decode(z, tiling=True, tile_size=4, tile_overlap=4)
+        tiny_vae.decode(z, tiling=True, tile_size=3, tile_overlap=3)
