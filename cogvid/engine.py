@@ -8,7 +8,7 @@ channel axis of every DiT call; the 1.5-I2V ``ofs`` input; the chunked inference
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from torch import nn
 
 from cogvid.config import instantiate
 from cogvid.errors import DeviceError, MissingFileError, UsageError
+from cogvid.lora import LoraSpec, apply_loras_, check_fit, load_loras
 from cogvid.registry import check_weight_part
 from cogvid.request import ModelSpec
 
@@ -112,6 +113,7 @@ class VideoDiffusionEngine(nn.Module):
         self.device = device
         self.dtype = dtype
         self.offload = False
+        self.loras: tuple[LoraSpec, ...] = ()  # merged into the DiT weights by from_config
 
     # ------------------------------------------------------------------ building
 
@@ -126,8 +128,13 @@ class VideoDiffusionEngine(nn.Module):
         dtype: torch.dtype,
         model_label: str = "the model",
         progress: Callable[[str], None] | None = None,
+        lora: Sequence[LoraSpec] = (),
     ) -> VideoDiffusionEngine:
-        """Build every part from ``cfg`` and read the weights at ``paths`` (checked first)."""
+        """Build every part from ``cfg`` and read the weights at ``paths`` (checked first).
+
+        ``lora``: SAT LoRA checkpoints merged into the DiT's attention weights right after loading
+        (each with its scale; see :mod:`cogvid.lora`).
+        """
         from cogvid.checkpoint import load_dit
 
         paths.check(model_label)
@@ -139,9 +146,15 @@ class VideoDiffusionEngine(nn.Module):
         if device.type == "cpu" and dtype == torch.float16:
             raise UsageError("fp16 is not supported on the CPU", hint="use --dtype fp32 or bf16 on the CPU")
         report = progress or (lambda stage: None)
+        loras = load_loras(lora)  # bad or mismatched LoRAs fail before the big checkpoint is read
+        net_params = cfg.model.network_config.params
+        check_fit([weights for weights, _ in loras], int(net_params.hidden_size), int(net_params.num_layers), model_label)
         try:
             report("transformer")
             network = load_dit(cfg.model.network_config, paths.transformer, dtype=dtype, device=device)
+            if loras:
+                report("lora")
+                apply_loras_(network, loras, model_label)
             report("vae")
             first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
             first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
@@ -155,7 +168,9 @@ class VideoDiffusionEngine(nn.Module):
                 f"out of memory on {device} while loading {model_label}",
                 hint="free GPU memory, use --offload, or a smaller model",
             ) from e
-        return cls(cfg, spec, network=network, conditioner=conditioner, first_stage=first_stage, device=device, dtype=dtype)
+        engine = cls(cfg, spec, network=network, conditioner=conditioner, first_stage=first_stage, device=device, dtype=dtype)
+        engine.loras = tuple(lora)
+        return engine
 
     # ------------------------------------------------------------------ conditioning
 

@@ -22,6 +22,7 @@ from cogvid.config import load_config
 from cogvid.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from cogvid.engine import VideoDiffusionEngine, WeightPaths, weight_paths_from_config
 from cogvid.errors import Cancelled, UsageError
+from cogvid.lora import LoraSpec, parse_specs
 from cogvid.registry import ModelEntry, get_model
 from cogvid.request import ModelSpec, check_frames, check_size, spec_from_config
 
@@ -109,7 +110,7 @@ def load(
     dtype: str | torch.dtype | None = None,
     configs: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
-    lora: Sequence[str] = (),
+    lora: Sequence[str | Path | LoraSpec] = (),
     progress: ProgressCallback | None = None,
     resolved: ResolvedModel | None = None,
 ) -> VideoPipeline:
@@ -117,10 +118,11 @@ def load(
 
     Without a name or configs, the embedded demo model ``cogvideox-tiny``. ``weights`` is the
     weights root for registry models. ``device="auto"`` picks CUDA when present; ``dtype``
-    defaults to the model's (fp16/bf16) on GPU and float32 on CPU.
+    defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
+    folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.lora.LoraSpec`, merged into
+    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``).
     """
-    if lora:
-        raise UsageError("LoRA checkpoints are not supported by this version of cogvid", hint="load the model without LoRA")
+    lora_specs = parse_specs(lora)
     resolved = resolved or resolve_model(model, weights, configs, overrides)
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, _model_dtype_name(resolved.entry, resolved.spec), run_device)
@@ -129,6 +131,7 @@ def load(
     report(ProgressEvent("stage", "loading"))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
+        lora=lora_specs,
     )
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
@@ -266,7 +269,7 @@ class VideoPipeline:
             "decode": decode_schedule or spec.generation,
             "dtype": DTYPE_NAMES.get(engine.dtype, str(engine.dtype)),
             "device": str(engine.device),
-            "loras": [],
+            "loras": [spec.to_dict() for spec in engine.loras],
             "cogvid_version": __version__,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }

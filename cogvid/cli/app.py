@@ -80,12 +80,13 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import batch, generate, models
+    from cogvid.cli import batch, generate, lora, models
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
     batch.register(app)
     app.add_typer(models.app, name="models")
+    app.add_typer(lora.app, name="lora")
 
 
 _register()

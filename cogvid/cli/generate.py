@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ Examples:
   cogvid t2v "a cat on a surfboard" -m cogvideox-5b --seed 42
   cogvid t2v "waves at dusk" -m cogvideox1.5-5b --frames 161 --size 768x1360
   cogvid t2v "a red ball" --sampler ddim --steps 30 --json
+  cogvid t2v "a cat in ink style" -m cogvideox-5b --lora ckpts/ink-lora-09-09-21-10:0.8
 """
 
 I2V_EXAMPLES = """\
@@ -51,6 +53,7 @@ def run_generation(
     as_json: bool,
     offload: bool,
     original_frames: bool,
+    lora: Sequence[str] = (),
 ) -> None:
     """Load the model once, generate ``num_videos`` videos, write each atomically with its sidecar."""
     from cogvid.request import parse_size
@@ -62,8 +65,10 @@ def run_generation(
         from cogvid.image import load_image
 
         load_image(image)  # a missing or corrupt image fails before the model loads
+    from cogvid.lora import parse_specs
     from cogvid.pipeline import load, resolve_model, validate_request
 
+    lora_specs = parse_specs(lora)  # a bad --lora value or a missing folder fails before anything loads
     resolved = resolve_model(model, weights, config, overrides)
     validate_request(resolved.spec, resolved.name, image, frames, height, width)  # before any heavy work
     if sampler is not None:
@@ -71,7 +76,7 @@ def run_generation(
 
         sampler_config_with(sampler, resolved.cfg.model.sampler_config)
     renderer = console.ProgressRenderer()
-    pipe = load(device=device, dtype=dtype, progress=renderer, resolved=resolved)
+    pipe = load(device=device, dtype=dtype, lora=lora_specs, progress=renderer, resolved=resolved)
     pipe.engine.offload = offload
     schedule = None if pipe.spec.generation == "1.0" or original_frames else "1.5-diffusers"
     first_seed = random.randrange(2**31) if seed is None else seed
@@ -154,6 +159,7 @@ def t2v(
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
     original_frames: bool = opt.OriginalFrames,
+    lora: list[str] = opt.Lora,
 ) -> None:
     """Text to video: write outputs/<date>/<n>-<prompt>-s<seed>.mp4 and a .json sidecar.
 
@@ -184,6 +190,7 @@ def i2v(
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
     original_frames: bool = opt.OriginalFrames,
+    lora: list[str] = opt.Lora,
 ) -> None:
     """Image to video with an -i2v model: the image is the first frame."""
     if model is None and not config:

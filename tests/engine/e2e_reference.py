@@ -60,3 +60,49 @@ def reference_pipeline(pipe, *, original_alphas: bool, num_steps: int, image_to_
         transformer=transformer,
         scheduler=scheduler,
     )
+
+
+def write_tiny_i2v_model(folder: Path, seed: int = 0, num_frames: int = 17) -> list[Path]:
+    """A tiny 5B-I2V-style model (learned positions, 32 input channels) beside the demo model's VAE and T5.
+
+    ``num_frames`` sizes the learned position table (the released model's is 49 frames).
+
+    Returns its two YAMLs (model, inference) in the original schema with absolute paths, so it loads
+    through ``cogvid.load(configs=...)`` like a user's own copies of the original files.
+    """
+    import yaml
+
+    from cogvid.checkpoint import DIT_PREFIX, save_checkpoint
+    from cogvid.config import instantiate, load_config
+    from cogvid.registry import get_model
+
+    tiny = get_model("cogvideox-tiny")
+    model_yaml, inference_yaml = tiny.config_files()
+    cfg = OmegaConf.to_container(load_config([model_yaml, inference_yaml]), resolve=True)
+    net = cfg["model"]["network_config"]["params"]
+    net["in_channels"] = 32
+    net["num_frames"] = num_frames
+    cfg["args"]["sampling_num_frames"] = (num_frames - 1) // 4 + 1
+    net["modules"]["pos_embed_config"]["params"]["learnable_pos_embed"] = True
+    demo = tiny.weight_paths()
+    cfg["model"]["first_stage_config"]["params"]["ckpt_path"] = str(demo["vae"])
+    cfg["model"]["conditioner_config"]["params"]["emb_models"][0]["params"]["model_dir"] = str(demo["t5"])
+    cfg["args"]["image2video"] = True
+    cfg["args"]["load"] = str(folder / "transformer")
+    dit = instantiate(OmegaConf.create(cfg["model"]["network_config"]), dtype="fp32", device="meta")
+    optional = set(dit.optional_state_keys())
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in dit.state_dict().items():
+        if key in optional:
+            continue
+        noise = torch.randn(value.shape, generator=generator)
+        if value.dim() == 1:
+            state[key] = 1.0 + 0.1 * noise if key.endswith("weight") else 0.02 * noise
+        else:
+            state[key] = noise / value[0].numel() ** 0.5
+    save_checkpoint(folder / "transformer", {DIT_PREFIX + k: v for k, v in state.items()}, iteration=1)
+    model_path, inference_path = folder / "model.yaml", folder / "inference.yaml"
+    model_path.write_text(yaml.safe_dump({"model": cfg["model"]}, sort_keys=False))
+    inference_path.write_text(yaml.safe_dump({"args": cfg["args"]}, sort_keys=False))
+    return [model_path, inference_path]
