@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -174,6 +174,7 @@ def run_batch(
     offload: bool,
     original_frames: bool,
     resume: bool,
+    lora: Sequence[str] = (),
     debug: bool = False,
 ) -> None:
     """Parse and validate every line, load the model once, generate this rank's share of the
@@ -204,7 +205,12 @@ def run_batch(
         height, width = parse_size(size)
     defaults = JobDefaults(negative, seed or 0, steps, guidance, frames, height, width, num_videos)
     jobs = parse_prompt_file(file, defaults)
+    from cogvid.lora import parse_specs
+
+    lora_specs = parse_specs(lora)  # a bad --lora value or a missing folder fails before anything loads
     resolved = resolve_model(model, weights, config, overrides)
+    # The LoRAs change every pixel, so they are part of each video's resume key.
+    model_key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in lora_specs)
     if sampler is not None:
         from cogvid.diffusion import sampler_config_with
 
@@ -225,7 +231,7 @@ def run_batch(
             console.print_error(f"line {job.line}: {job.error}", job.hint)
 
     results = [JobResult(job.line, job.prompt, "invalid", error=job.error, rank=rank) for job in mine if not job.ok]
-    units = [(job, k, job_key(job, k, resolved.name, sampler)) for job in mine if job.ok for k in range(job.num_videos)]
+    units = [(job, k, job_key(job, k, model_key, sampler)) for job in mine if job.ok for k in range(job.num_videos)]
     progress: BatchProgress | None = None
     try:
         with claim_output_folder(out) as removed:
@@ -247,7 +253,7 @@ def run_batch(
                 progress = BatchProgress(len(pending), quiet=not lead)
                 progress.start()
                 run_device = rank_device(device, local_rank, world_size)
-                pipe = load(device=run_device, dtype=dtype, progress=progress, resolved=resolved)
+                pipe = load(device=run_device, dtype=dtype, lora=lora_specs, progress=progress, resolved=resolved)
                 pipe.engine.offload = offload
                 schedule = None if pipe.spec.generation == "1.0" or original_frames else "1.5-diffusers"
                 settings = _Settings(file, out, fps, sampler, schedule, as_json, debug, rank)
@@ -390,6 +396,7 @@ def batch(
     offload: bool = opt.Offload,
     original_frames: bool = opt.OriginalFrames,
     resume: bool = Resume,
+    lora: list[str] = opt.Lora,
 ) -> None:
     """Generate a video for every line of FILE, loading the model once.
 
