@@ -267,6 +267,7 @@ class VideoPipeline:
             "requested_frames": frames,
             "latent_frames": latent_frames,
             "decode": decode_schedule or spec.generation,
+            "vae_tiling": vae_tiling,
             "dtype": DTYPE_NAMES.get(engine.dtype, str(engine.dtype)),
             "device": str(engine.device),
             "loras": [spec.to_dict() for spec in engine.loras],

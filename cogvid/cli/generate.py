@@ -53,6 +53,7 @@ def run_generation(
     as_json: bool,
     offload: bool,
     original_frames: bool,
+    vae_tiling: bool = False,
     lora: Sequence[str] = (),
 ) -> None:
     """Load the model once, generate ``num_videos`` videos, write each atomically with its sidecar."""
@@ -98,6 +99,7 @@ def run_generation(
             seed=first_seed + index,
             callback=renderer,
             decode_schedule=schedule,
+            vae_tiling=vae_tiling,
         )
         path = _write(video, out, prompt, fps, renderer)
         _report(path, video, as_json)
@@ -159,6 +161,7 @@ def t2v(
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
     original_frames: bool = opt.OriginalFrames,
+    vae_tiling: bool = opt.VaeTiling,
     lora: list[str] = opt.Lora,
 ) -> None:
     """Text to video: write outputs/<date>/<n>-<prompt>-s<seed>.mp4 and a .json sidecar.
@@ -190,6 +193,7 @@ def i2v(
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
     original_frames: bool = opt.OriginalFrames,
+    vae_tiling: bool = opt.VaeTiling,
     lora: list[str] = opt.Lora,
 ) -> None:
     """Image to video with an -i2v model: the image is the first frame."""

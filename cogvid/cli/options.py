@@ -39,6 +39,11 @@ Dtype = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: the mod
 Out = typer.Option(Path("outputs"), "--out", "-o", metavar="DIR", help="Output folder (videos go to DIR/<date>/).")
 Json = typer.Option(False, "--json", help="Print one JSON result per video on stdout.")
 Offload = typer.Option(False, "--offload", help="Keep only the part in use on the GPU (T5, DiT, VAE in turn): less memory, a little slower.")
+VaeTiling = typer.Option(
+    False,
+    "--vae-tiling",
+    help="Decode the video in overlapping spatial tiles: less memory at large sizes, slightly different pixels.",
+)
 OriginalFrames = typer.Option(
     True,
     "--original-frames/--diffusers-frames",
