@@ -62,10 +62,11 @@ def reference_pipeline(pipe, *, original_alphas: bool, num_steps: int, image_to_
     )
 
 
-def write_tiny_i2v_model(folder: Path, seed: int = 0, num_frames: int = 17) -> list[Path]:
-    """A tiny 5B-I2V-style model (learned positions, 32 input channels) beside the demo model's VAE and T5.
+def write_tiny_i2v_model(folder: Path, seed: int = 0, num_frames: int = 17, generation: str = "1.0") -> list[Path]:
+    """A tiny I2V model beside the demo model's VAE and T5: 5B-I2V style (learned positions, 32 input
+    channels) for ``generation="1.0"``, 1.5-I2V style ([2, 2, 2] patch, ``ofs`` embedding) for "1.5".
 
-    ``num_frames`` sizes the learned position table (the released model's is 49 frames).
+    ``num_frames`` sizes the position tables (the released 1.0 models' is 49 frames).
 
     Returns its two YAMLs (model, inference) in the original schema with absolute paths, so it loads
     through ``cogvid.load(configs=...)`` like a user's own copies of the original files.
@@ -83,7 +84,12 @@ def write_tiny_i2v_model(folder: Path, seed: int = 0, num_frames: int = 17) -> l
     net["in_channels"] = 32
     net["num_frames"] = num_frames
     cfg["args"]["sampling_num_frames"] = (num_frames - 1) // 4 + 1
-    net["modules"]["pos_embed_config"]["params"]["learnable_pos_embed"] = True
+    if generation == "1.0":
+        net["modules"]["pos_embed_config"]["params"]["learnable_pos_embed"] = True
+    else:
+        net["patch_size"] = [2, 2, 2]
+        net["ofs_embed_dim"] = net["time_embed_dim"]
+        cfg["args"]["sampling_num_frames"] += 1  # 1.5 adds one padding latent
     demo = tiny.weight_paths()
     cfg["model"]["first_stage_config"]["params"]["ckpt_path"] = str(demo["vae"])
     cfg["model"]["conditioner_config"]["params"]["emb_models"][0]["params"]["model_dir"] = str(demo["t5"])
