@@ -204,6 +204,11 @@ class VideoDiffusionEngine(nn.Module):
 
     # ------------------------------------------------------------------ sampling
 
+    @property
+    def sampler(self) -> Any:
+        """The model's configured sampler (``sampler_config``), built fresh."""
+        return self.make_sampler()
+
     def make_sampler(self, name: str | None = None, steps: int | None = None, guidance: float | None = None) -> Any:
         """The configured sampler, or the one named, with the step count and guidance scale overridden."""
         from cogvid.diffusion import build_sampler, sampler_config_with
