@@ -21,6 +21,7 @@ Examples:
   cogvid t2v "a cat surfing" -m cogvideox-5b --seed 42
   cogvid i2v photo.png "the dog turns" -m cogvideox-5b-i2v
   cogvid batch prompts.txt -m cogvideox-5b --resume
+  cogvid repl -m cogvideox-5b               # the model stays loaded
   cogvid models list                        # which weights are present
 """
 
@@ -80,11 +81,12 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import batch, generate, lora, models
+    from cogvid.cli import batch, generate, lora, models, repl
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
     batch.register(app)
+    repl.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(lora.app, name="lora")
 
