@@ -175,6 +175,7 @@ def run_batch(
     original_frames: bool,
     resume: bool,
     lora: Sequence[str] = (),
+    wandb: Optional[str] = None,
     debug: bool = False,
 ) -> None:
     """Parse and validate every line, load the model once, generate this rank's share of the
@@ -208,6 +209,10 @@ def run_batch(
     from cogvid.lora import parse_specs
 
     lora_specs = parse_specs(lora)  # a bad --lora value or a missing folder fails before anything loads
+    if wandb:
+        from cogvid.tracking import require_credentials
+
+        require_credentials()
     resolved = resolve_model(model, weights, config, overrides)
     # The LoRAs change every pixel, so they are part of each video's resume key.
     model_key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in lora_specs)
@@ -256,8 +261,19 @@ def run_batch(
                 pipe = load(device=run_device, dtype=dtype, lora=lora_specs, progress=progress, resolved=resolved)
                 pipe.engine.offload = offload
                 schedule = None if pipe.spec.generation == "1.0" or original_frames else "1.5-diffusers"
-                settings = _Settings(file, out, fps, sampler, schedule, as_json, debug, rank)
-                _generate(pipe, pending, settings, progress, results)
+                tracker = None
+                if wandb:
+                    from cogvid.tracking import WandbLogger
+
+                    run_config = {"model": resolved.name, "file": str(file), "sampler": sampler, "loras": list(lora)}
+                    group = f"batch-{file.stem}" if world_size > 1 else None
+                    tracker = WandbLogger(wandb, run_config, group=group, name=f"{file.stem}-rank{rank}" if group else None)
+                settings = _Settings(file, out, fps, sampler, schedule, as_json, debug, rank, tracker)
+                try:
+                    _generate(pipe, pending, settings, progress, results)
+                finally:
+                    if tracker is not None:
+                        tracker.finish()
     except (KeyboardInterrupt, Cancelled):
         if progress is not None:
             progress.close()
@@ -313,6 +329,7 @@ class _Settings:
     as_json: bool
     debug: bool
     rank: int
+    tracker: Any = None
 
 
 def _generate(pipe: Any, pending: list, settings: _Settings, progress: BatchProgress, results: list) -> None:
@@ -351,6 +368,8 @@ def _generate(pipe: Any, pending: list, settings: _Settings, progress: BatchProg
                 results.append(
                     JobResult(job.line, job.prompt, "done", str(path), seconds, video_index=k, rank=settings.rank)
                 )
+                if settings.tracker is not None:
+                    settings.tracker.log_video(path, video.metadata, seconds)
                 if settings.as_json:
                     fps = settings.fps or video.fps
                     record = {"path": str(path), "sidecar": str(sidecar_path(path)), **video.metadata, "fps": fps}
@@ -397,6 +416,10 @@ def batch(
     original_frames: bool = opt.OriginalFrames,
     resume: bool = Resume,
     lora: list[str] = opt.Lora,
+    wandb: Optional[str] = typer.Option(
+        None, "--wandb", metavar="PROJECT",
+        help="Log each video and its settings to this Weights & Biases project (WANDB_MODE=offline logs locally).",
+    ),
 ) -> None:
     """Generate a video for every line of FILE, loading the model once.
 
