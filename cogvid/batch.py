@@ -33,7 +33,7 @@ from typing import Any
 from cogvid.errors import CogvidError, MissingFileError, UsageError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-JSONL_FIELDS = ("prompt", "negative", "seed", "steps", "guidance", "frames", "size", "image", "num_videos")
+JSONL_FIELDS = ("prompt", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")
 JSONL_HINT = 'write {"prompt": "..."} on each line, with optional settings'
 IMAGE_SEPARATOR = "@@"
 SIDECAR_KEY = "batch_key"
@@ -78,6 +78,7 @@ class Job:
     height: int | None = None
     width: int | None = None
     num_videos: int = 1
+    lora: tuple[str, ...] | None = None  # "PATH[:SCALE]" values; None: the command line's --lora
     error: str | None = None
     hint: str | None = None
 
@@ -196,6 +197,7 @@ def _job_from_object(data: Any, line: int, index: int, defaults: JobDefaults, ba
     num_videos = _int_field(data, "num_videos", 1)
     size = _size_field(data.get("size"))
     height, width = size if size is not None else (defaults.height, defaults.width)
+    lora = _lora_field(data.get("lora"), base_dir)
     return Job(
         line=line,
         index=index,
@@ -209,7 +211,33 @@ def _job_from_object(data: Any, line: int, index: int, defaults: JobDefaults, ba
         height=height,
         width=width,
         num_videos=num_videos if num_videos is not None else defaults.num_videos,
+        lora=lora,
     )
+
+
+def _lora_field(value: Any, base_dir: Path) -> tuple[str, ...] | None:
+    """``"PATH[:SCALE]"`` or a list of them (``[]`` for none); relative paths as for images."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+        raise UsageError(f"'lora' must be \"PATH[:SCALE]\" or a list of them, found {json.dumps(value)}")
+    resolved = []
+    for item in items:
+        path, sep, scale = item.strip().rpartition(":")
+        if not sep or not _is_number(scale):
+            path, scale = item.strip(), ""
+        located = str(_image_path(path, base_dir))
+        resolved.append(f"{located}:{scale}" if scale else located)
+    return tuple(resolved)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _job_from_text(text: str, line: int, index: int, defaults: JobDefaults, base_dir: Path) -> Job:

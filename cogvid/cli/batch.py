@@ -193,7 +193,7 @@ def run_batch(
         validate_jobs,
     )
     from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
-    from cogvid.errors import Cancelled, GenerationError
+    from cogvid.errors import Cancelled, CogvidError, GenerationError
     from cogvid.image import load_image
     from cogvid.pipeline import load, resolve_model, validate_request
     from cogvid.request import parse_size
@@ -214,8 +214,18 @@ def run_batch(
 
         require_credentials()
     resolved = resolve_model(model, weights, config, overrides)
-    # The LoRAs change every pixel, so they are part of each video's resume key.
-    model_key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in lora_specs)
+    job_loras: dict[int, tuple] = {}  # job line -> its LoRA specs (a JSONL "lora" field, else --lora)
+    for position, job in enumerate(jobs):
+        if job.ok:
+            try:
+                job_loras[job.line] = parse_specs(job.lora) if job.lora is not None else lora_specs
+            except CogvidError as e:
+                jobs[position] = job.failed(e)
+
+    def model_key(job: Any) -> str:
+        # The LoRAs change every pixel, so they are part of each video's resume key.
+        specs = job_loras[job.line]
+        return resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in specs)
     if sampler is not None:
         from cogvid.diffusion import sampler_config_with
 
@@ -236,7 +246,7 @@ def run_batch(
             console.print_error(f"line {job.line}: {job.error}", job.hint)
 
     results = [JobResult(job.line, job.prompt, "invalid", error=job.error, rank=rank) for job in mine if not job.ok]
-    units = [(job, k, job_key(job, k, model_key, sampler)) for job in mine if job.ok for k in range(job.num_videos)]
+    units = [(job, k, job_key(job, k, model_key(job), sampler)) for job in mine if job.ok for k in range(job.num_videos)]
     progress: BatchProgress | None = None
     try:
         with claim_output_folder(out) as removed:
@@ -258,9 +268,11 @@ def run_batch(
                 progress = BatchProgress(len(pending), quiet=not lead)
                 progress.start()
                 run_device = rank_device(device, local_rank, world_size)
-                pipe = load(device=run_device, dtype=dtype, lora=lora_specs, progress=progress, resolved=resolved)
-                pipe.engine.offload = offload
-                schedule = None if pipe.spec.generation == "1.0" or original_frames else "1.5-diffusers"
+                # One model load per LoRA combination (LoRAs are merged into the weights at load time).
+                groups: dict[tuple, list] = {}
+                for unit in pending:
+                    groups.setdefault(job_loras[unit[0].line], []).append(unit)
+                schedule = None if resolved.spec.generation == "1.0" or original_frames else "1.5-diffusers"
                 tracker = None
                 if wandb:
                     from cogvid.tracking import WandbLogger
@@ -270,7 +282,13 @@ def run_batch(
                     tracker = WandbLogger(wandb, run_config, group=group, name=f"{file.stem}-rank{rank}" if group else None)
                 settings = _Settings(file, out, fps, sampler, schedule, as_json, debug, rank, tracker)
                 try:
-                    _generate(pipe, pending, settings, progress, results)
+                    position = 1
+                    for specs, units_of_group in groups.items():
+                        pipe = None  # free the previous model before loading the next
+                        pipe = load(device=run_device, dtype=dtype, lora=specs, progress=progress, resolved=resolved)
+                        pipe.engine.offload = offload
+                        _generate(pipe, units_of_group, settings, progress, results, start=position)
+                        position += len(units_of_group)
                 finally:
                     if tracker is not None:
                         tracker.finish()
@@ -332,7 +350,9 @@ class _Settings:
     tracker: Any = None
 
 
-def _generate(pipe: Any, pending: list, settings: _Settings, progress: BatchProgress, results: list) -> None:
+def _generate(
+    pipe: Any, pending: list, settings: _Settings, progress: BatchProgress, results: list, start: int = 1
+) -> None:
     """Make every pending (job, video index, key), appending to ``results`` as each one ends.
 
     A failure is reported with its line number and the batch goes on; Ctrl-C stops it (the
@@ -343,7 +363,7 @@ def _generate(pipe: Any, pending: list, settings: _Settings, progress: BatchProg
     from cogvid.errors import Cancelled, CogvidError
     from cogvid.video import sidecar_path
 
-    for position, (job, k, key) in enumerate(pending, start=1):
+    for position, (job, k, key) in enumerate(pending, start=start):
         progress.video(position, job.line)
         started = time.perf_counter()
         try:
