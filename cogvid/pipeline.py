@@ -23,7 +23,7 @@ from cogvid.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from cogvid.engine import VideoDiffusionEngine, WeightPaths, weight_paths_from_config
 from cogvid.errors import Cancelled, UsageError
 from cogvid.lora import LoraSpec, parse_specs
-from cogvid.registry import ModelEntry, get_model
+from cogvid.registry import ModelEntry, default_model_name, get_model
 from cogvid.request import ModelSpec, check_frames, check_size, spec_from_config
 
 
@@ -89,7 +89,7 @@ def resolve_model(
 ) -> ResolvedModel:
     """Merge the configuration of a registry model (or of original-style YAMLs) and locate its weights."""
     if model is None and not configs:
-        model = "cogvideox-tiny"
+        model = default_model_name()
     entry = get_model(model) if model is not None else None
     files = [*(entry.config_files() if entry else ()), *configs]
     cfg = load_config(files, overrides, defaults=entry.defaults() if entry else None)

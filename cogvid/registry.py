@@ -18,6 +18,14 @@ import yaml
 from cogvid.errors import ConfigError, UsageError
 
 WEIGHTS_ENV = "COGVID_WEIGHTS"
+MODELS_ENV = "COGVID_MODELS"
+DEFAULT_MODEL_ENV = "COGVID_DEFAULT_MODEL"
+BUILTIN_DEFAULT_MODEL = "cogvideox-tiny"
+
+
+def default_model_name() -> str:
+    """The model used when none is named: ``$COGVID_DEFAULT_MODEL``, else the embedded demo model."""
+    return os.environ.get(DEFAULT_MODEL_ENV) or BUILTIN_DEFAULT_MODEL
 WEIGHT_PARTS = ("transformer", "vae", "t5")
 
 
@@ -70,16 +78,19 @@ class ModelEntry:
     download: dict[str, str] = field(default_factory=dict)
     lora_config: str | None = None
     builtin: bool = False
+    config_root: str | None = None  # where `configs` are relative to (a user registry file's folder)
 
     def config_files(self) -> list[Path]:
         """Absolute paths of the model's YAMLs, lowest precedence first."""
-        return [configs_dir() / name for name in self.configs]
+        root = Path(self.config_root) if self.config_root else configs_dir()
+        return [root / name for name in self.configs]
 
     def model_dir(self, root: str | Path | None = None) -> Path:
-        """The folder holding this model's weights."""
+        """The folder holding this model's weights (an absolute ``folder`` is used as it is)."""
         if self.builtin:
             return Path(str(resources.files("cogvid"))) / self.folder
-        return weights_root(root) / self.folder
+        folder = Path(self.folder).expanduser()
+        return folder if folder.is_absolute() else weights_root(root) / folder
 
     def weight_paths(self, root: str | Path | None = None) -> dict[str, Path]:
         """Where each weight part (transformer, vae, t5) is expected."""
@@ -129,7 +140,7 @@ def check_weight_part(part: str, path: Path) -> WeightStatus:
 _REQUIRED = ("task", "configs", "height", "width", "frames", "fps", "dtype", "folder", "weights")
 
 
-def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
+def _entry(name: str, raw: dict[str, Any], source: Path, config_root: Path | None = None) -> ModelEntry:
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise ConfigError(f"{source}: model {name!r} lacks {', '.join(missing)}")
@@ -152,17 +163,52 @@ def _entry(name: str, raw: dict[str, Any], source: Path) -> ModelEntry:
         weights={str(k): str(v) for k, v in raw["weights"].items()},
         download={str(k): str(v) for k, v in (raw.get("download") or {}).items()},
         lora_config=raw.get("lora_config"),
-        builtin=bool(raw.get("builtin", False)),
+        builtin=bool(raw.get("builtin", False)) and config_root is None,
+        config_root=str(config_root) if config_root is not None else None,
     )
 
 
-@lru_cache(maxsize=1)
-def load_registry() -> dict[str, ModelEntry]:
-    """All bundled model entries, by name, in registry order."""
+def user_registry_file() -> Path:
+    """Your own models: ``$COGVID_MODELS``, else ``~/.config/cogvid/models.yaml`` (same schema as the bundled registry)."""
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env).expanduser()
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config_home / "cogvid" / "models.yaml"
+
+
+def _read_registry(source: Path) -> dict[str, Any]:
+    try:
+        with open(source, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else str(source)
+        raise ConfigError(f"malformed YAML in {where}: {getattr(e, 'problem', e)}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read model registry {source}: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
+        raise ConfigError(f"{source}: expected `models:` mapping names to entries")
+    return data.get("models") or {}
+
+
+@lru_cache(maxsize=8)
+def _load(user_file: str | None, mtime: float) -> dict[str, ModelEntry]:
     source = configs_dir() / "registry.yaml"
-    with open(source, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    return {name: _entry(name, raw, source) for name, raw in (data.get("models") or {}).items()}
+    models = {name: _entry(name, raw, source) for name, raw in _read_registry(source).items()}
+    if user_file is not None:
+        path = Path(user_file)
+        for name, raw in _read_registry(path).items():
+            models[name] = _entry(name, raw, path, config_root=path.parent)
+    return models
+
+
+def load_registry() -> dict[str, ModelEntry]:
+    """All known models by name: the bundled ones, then yours (see :func:`user_registry_file`)."""
+    user = user_registry_file()
+    if user.is_file():
+        return _load(str(user), user.stat().st_mtime)
+    return _load(None, 0.0)
 
 
 def get_model(name: str) -> ModelEntry:

@@ -11,6 +11,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_model_registry(tmp_path_factory):
+    """Build the random `test-tiny` model once per session, register it (``$COGVID_MODELS``) and
+    make it the default model for every test, module-scoped fixtures included (the shipped demo
+    model has its own tests). Yields the registry file."""
+    from fixtures.test_model import build_test_model
+
+    registry = build_test_model(tmp_path_factory.mktemp("test-model"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COGVID_MODELS", str(registry))
+        patch.setenv("COGVID_DEFAULT_MODEL", "test-tiny")
+        yield registry
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_dirs(tmp_path_factory, monkeypatch):
     """Point cogvid's weights root, caches and history at a fresh temporary folder."""

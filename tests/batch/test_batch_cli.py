@@ -70,9 +70,9 @@ def test_batch_writes_every_prompt_and_resume_writes_nothing_new(tmp_path):
     assert [r["prompt"] for r in results] == ["a red ball", "a blue cube", "a green cone"]
     assert [r["seed"] for r in results] == [0, 3, 4]  # base seed 0 + 0-based line index
     sidecars = _assert_complete_and_clean(out, [1, 4, 5])
-    expected_keys = {job_key(job, 0, "cogvideox-tiny", None) for job in parse_prompt_file(prompts, FAST_DEFAULTS)}
+    expected_keys = {job_key(job, 0, "test-tiny", None) for job in parse_prompt_file(prompts, FAST_DEFAULTS)}
     assert {s["batch_key"] for s in sidecars} == {r["batch_key"] for r in results} == expected_keys
-    assert all(s["steps"] == 2 and s["frames"] == 9 and s["model"] == "cogvideox-tiny" for s in sidecars)
+    assert all(s["steps"] == 2 and s["frames"] == 9 and s["model"] == "test-tiny" for s in sidecars)
     assert "batch summary" in first.stderr and "3 done" in first.stderr
 
     before = _files(out)
@@ -205,7 +205,7 @@ def test_torchrun_two_ranks_make_each_output_exactly_once(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     sidecars = _assert_complete_and_clean(out, [1, 2, 4])
     jobs = parse_prompt_file(prompts, FAST_DEFAULTS)
-    assert {s["batch_key"] for s in sidecars} == {job_key(job, 0, "cogvideox-tiny", None) for job in jobs}
+    assert {s["batch_key"] for s in sidecars} == {job_key(job, 0, "test-tiny", None) for job in jobs}
     assert all(s["device"] == "cpu" for s in sidecars)
     assert run.stderr.count("batch summary") == 1  # rank 0 only, with every rank's results
     assert "3 done" in run.stderr

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 @pytest.mark.slow
 def test_batch_with_lora_records_it_and_resumes_per_lora(tmp_path):
-    demo = get_model("cogvideox-tiny").weight_paths()["transformer"]
+    demo = get_model("test-tiny").weight_paths()["transformer"]
     lora = tmp_path / "tiny-lora"
     write_tiny_lora(lora, split_engine_state(read_state_dict(demo))["dit"], 4, seed=3)
     prompts = tmp_path / "prompts.txt"
@@ -39,7 +39,7 @@ def test_batch_with_lora_records_it_and_resumes_per_lora(tmp_path):
 
 @pytest.mark.slow
 def test_jsonl_lines_choose_their_own_lora(tmp_path):
-    demo = get_model("cogvideox-tiny").weight_paths()["transformer"]
+    demo = get_model("test-tiny").weight_paths()["transformer"]
     lora = tmp_path / "tiny-lora"
     write_tiny_lora(lora, split_engine_state(read_state_dict(demo))["dit"], 4, seed=3)
     jobs = tmp_path / "jobs.jsonl"

@@ -140,9 +140,9 @@ def test_validate_jobs_marks_failures_and_keeps_order(tmp_path):
 
 def test_job_key_changes_with_every_setting_and_is_stable():
     base = Job(line=1, index=0, prompt="a red ball", seed=3, steps=2, frames=9, height=48, width=64)
-    key = job_key(base, 0, "cogvideox-tiny", None)
+    key = job_key(base, 0, "test-tiny", None)
     # The line number and position do not matter: moving a line keeps its finished videos.
-    assert key == job_key(replace(base, line=9, index=5), 0, "cogvideox-tiny", None)
+    assert key == job_key(replace(base, line=9, index=5), 0, "test-tiny", None)
     changes = [
         {"prompt": "a blue ball"},
         {"negative": "blurry"},
@@ -154,11 +154,11 @@ def test_job_key_changes_with_every_setting_and_is_stable():
         {"height": 32},
         {"width": 48},
     ]
-    variants = [job_key(replace(base, **change), 0, "cogvideox-tiny", None) for change in changes]
+    variants = [job_key(replace(base, **change), 0, "test-tiny", None) for change in changes]
     variants += [
-        job_key(base, 1, "cogvideox-tiny", None),
+        job_key(base, 1, "test-tiny", None),
         job_key(base, 0, "cogvideox-2b", None),
-        job_key(base, 0, "cogvideox-tiny", "ddim"),
+        job_key(base, 0, "test-tiny", "ddim"),
     ]
     assert len({key, *variants}) == len(variants) + 1
 

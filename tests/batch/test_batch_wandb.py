@@ -31,7 +31,7 @@ def test_batch_logs_every_video_to_wandb_offline(tmp_path, monkeypatch):
     assert len(videos) == 2
     (record_file,) = runs[0].glob("run-*.wandb")  # the run's config and logged rows, in W&B's record format
     data = record_file.read_bytes()
-    assert b"cogvideox-tiny" in data and b"a blue cube" in data
+    assert b"test-tiny" in data and b"a blue cube" in data
 
 
 def test_wandb_without_login_fails_before_loading(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def test_t2v_writes_mp4_and_sidecar_and_never_overwrites(tmp_path):
     for key in ("prompt", "negative_prompt", "model", "sampler", "steps", "guidance", "seed", "height", "width",
                 "frames", "fps", "loras", "cogvid_version", "timings"):
         assert key in sidecar, key
-    assert sidecar["steps"] == 2 and sidecar["seed"] == 7 and sidecar["model"] == "cogvideox-tiny"
+    assert sidecar["steps"] == 2 and sidecar["seed"] == 7 and sidecar["model"] == "test-tiny"
 
     second = runner.invoke(app, ["t2v", "a red ball bouncing", *FAST, "--out", str(out), "--frames", "9", "--fps", "4"])
     assert second.exit_code == 0, second.output
@@ -71,7 +71,7 @@ def test_same_seed_same_video_and_num_videos(tmp_path):
         (["t2v", "x", "--sampler", "nope"], 2, "unknown sampler"),
         (["t2v", "x", "--model", "cogvideox-2b"], 3, "weights of cogvideox-2b not found"),
         (["t2v", "x", "--model", "cogvideox-5b-i2v"], 2, "needs an image"),
-        (["i2v", "missing.png", "x", "--model", "cogvideox-tiny"], 3, "image not found"),
+        (["i2v", "missing.png", "x", "--model", "test-tiny"], 3, "image not found"),
         (["t2v", "x", "--device", "cuda:7"], 4, "CUDA"),
     ],
 )

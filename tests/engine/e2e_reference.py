@@ -77,7 +77,7 @@ def write_tiny_i2v_model(folder: Path, seed: int = 0, num_frames: int = 17, gene
     from cogvid.config import instantiate, load_config
     from cogvid.registry import get_model
 
-    tiny = get_model("cogvideox-tiny")
+    tiny = get_model("test-tiny")
     model_yaml, inference_yaml = tiny.config_files()
     cfg = OmegaConf.to_container(load_config([model_yaml, inference_yaml]), resolve=True)
     net = cfg["model"]["network_config"]["params"]

@@ -30,7 +30,7 @@ STEPS = 8  # a divisor of 1000, so diffusers' trailing timesteps equal the origi
 
 @pytest.fixture(scope="module")
 def pipe():
-    return cogvid.load("cogvideox-tiny")
+    return cogvid.load("test-tiny")
 
 
 def _noise(frames: int) -> torch.Tensor:

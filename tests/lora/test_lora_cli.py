@@ -61,20 +61,20 @@ def test_inspect_reports_rank_layers_and_fit(base_and_lora):
     # per layer: qkv 3 x (A (r, H) + B (H, r)), dense 1 x the same; H = 128
     assert info["parameters"] == 2 * 4 * (RANK * 128 * 2)
     assert info["dtype"] == "float32" and info["hidden_size"] == 128
-    assert info["fits"] == ["cogvideox-tiny"] and info["trained_on"].startswith("cogvideox-5b (hidden size 128, 2 layers")
+    assert info["fits"] == ["test-tiny"] and info["trained_on"].startswith("cogvideox-5b (hidden size 128, 2 layers")
 
     text = runner.invoke(app, ["lora", "inspect", str(lora)])
-    assert text.exit_code == 0 and "rank 4" in text.stdout and "cogvideox-tiny" in text.stdout
+    assert text.exit_code == 0 and "rank 4" in text.stdout and "test-tiny" in text.stdout
 
 
 def test_inspect_reads_alpha_and_partial_layers_from_training_config(tmp_path):
     base = tmp_path / "base"
-    write_tiny_dit(base, "5b", seed=1, num_layers=3)
+    write_tiny_dit(base, "5b", seed=1, num_layers=5)  # no known model has 5 layers of width 128
     write_tiny_lora(tmp_path / "lora", read_dit(base), 8, seed=2, alpha=4.0, layers=[1])
     info = json.loads(runner.invoke(app, ["lora", "inspect", str(tmp_path / "lora"), "--json"]).stdout)
     assert info["rank"] == 8 and info["scaling"] == pytest.approx(0.5)
     assert info["lora_alpha_from"].endswith("training_config.yaml")
-    assert info["model_layers"] == 3 and info["lora_layers"] == [1] and info["fits"] == []
+    assert info["model_layers"] == 5 and info["lora_layers"] == [1] and info["fits"] == []
 
 
 def test_apply_writes_a_plain_checkpoint_equal_to_runtime_lora(base_and_lora, tmp_path):
@@ -100,15 +100,15 @@ def test_apply_writes_a_plain_checkpoint_equal_to_runtime_lora(base_and_lora, tm
 
 def test_apply_to_a_registry_name_resolves_through_weights(base_and_lora, tmp_path):
     _, lora = base_and_lora
-    entry = get_model("cogvideox-tiny")
+    entry = get_model("test-tiny")
     demo = entry.weight_paths()["transformer"]
     tiny_lora = tmp_path / "tiny-lora"
     write_tiny_lora(tiny_lora, read_dit(demo), RANK, seed=3)
     out = tmp_path / "merged"
-    result = runner.invoke(app, ["lora", "apply", "cogvideox-tiny", str(tiny_lora), "--out", str(out), "--json"])
+    result = runner.invoke(app, ["lora", "apply", "test-tiny", str(tiny_lora), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["base"] == str(demo)
-    fits = runner.invoke(app, ["lora", "apply", "cogvideox-tiny", str(lora), "--out", str(tmp_path / "x")])
+    fits = runner.invoke(app, ["lora", "apply", "test-tiny", str(lora), "--out", str(tmp_path / "x")])
     assert fits.exit_code == 0  # same hidden size and layer count: the 5b-style tiny LoRA fits the demo DiT
     missing = runner.invoke(app, ["lora", "apply", "cogvideox-5b", str(lora), "--out", str(tmp_path / "y")])
     assert missing.exit_code == 3 and "transformer of cogvideox-5b" in one_error(missing)
@@ -125,7 +125,7 @@ def test_mismatched_lora_is_a_checkpoint_error(tmp_path):
     assert "the LoRA has 1 layers, the model 2" in one_error(result) and not (tmp_path / "out").exists()
 
     t2v = runner.invoke(app, ["t2v", "a cat", "--steps", "1", "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "v")])
-    assert t2v.exit_code == 3 and "does not fit cogvideox-tiny" in one_error(t2v)
+    assert t2v.exit_code == 3 and "does not fit test-tiny" in one_error(t2v)
 
 
 def test_plain_checkpoint_is_not_a_lora(base_and_lora, tmp_path):
@@ -156,7 +156,7 @@ def test_missing_files_and_bad_values(base_and_lora, tmp_path):
 
 @pytest.mark.slow
 def test_t2v_with_lora_writes_the_lora_into_the_sidecar(tmp_path):
-    demo = get_model("cogvideox-tiny").weight_paths()["transformer"]
+    demo = get_model("test-tiny").weight_paths()["transformer"]
     lora = tmp_path / "tiny-lora"
     write_tiny_lora(lora, read_dit(demo), RANK, seed=3)
     args = ["t2v", "a red ball", "--steps", "2", "--seed", "7", "--frames", "9", "--out", str(tmp_path / "v"), "--json"]

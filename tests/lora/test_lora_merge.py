@@ -107,7 +107,7 @@ def test_cogvid_load_merges_loras_at_load_time(tmp_path):
     import cogvid
     from cogvid.registry import get_model
 
-    demo = get_model("cogvideox-tiny").weight_paths()["transformer"]
+    demo = get_model("test-tiny").weight_paths()["transformer"]
     base = read_dit(demo)
     write_tiny_lora(tmp_path / "lora", base, RANK, seed=3)
     pipe = cogvid.load(device="cpu", dtype="fp32", lora=[f"{tmp_path / 'lora'}:0.5"])

@@ -84,7 +84,7 @@ def test_lora_reloads_the_model_with_it_and_none_takes_it_off(tmp_path):
     from cogvid.checkpoint import read_state_dict, split_engine_state
     from cogvid.registry import get_model
 
-    demo = get_model("cogvideox-tiny").weight_paths()["transformer"]
+    demo = get_model("test-tiny").weight_paths()["transformer"]
     lora = tmp_path / "lora"
     write_tiny_lora(lora, split_engine_state(read_state_dict(demo))["dit"], 4, seed=3)
     out = tmp_path / "out"

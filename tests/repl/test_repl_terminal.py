@@ -162,9 +162,9 @@ def test_terminal_session_cancel_and_history_across_restarts(tmp_path):
         again.expect(PROMPT)
         again.send("/model\r")  # the picker lists the models whose weights are present: here the demo
         again.expect(r"model \(only those whose weights are present\)")
-        again.expect(r"cogvideox-tiny")
+        again.expect(r"test-tiny")
         again.send("\r")
-        again.expect(r"cogvideox-tiny is already loaded")
+        again.expect(r"test-tiny is already loaded")
         again.expect(PROMPT)
         again.send("\x04")  # Ctrl-D on an empty line leaves
         assert again.wait() == 0

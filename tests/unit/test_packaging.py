@@ -23,7 +23,7 @@ def test_wheel_contains_configs_as_package_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"cogvid/configs/registry.yaml", "cogvid/configs/models/cogvideox_2b.yaml",
                 "cogvid/configs/inference/cogvideox1.5_5b_i2v.yaml", "cogvid/cli/app.py",
-                "cogvid/demo/cogvideox-tiny/transformer/latest", "cogvid/demo/cogvideox-tiny/vae/3d-vae.pt",
-                "cogvid/demo/cogvideox-tiny/t5-v1_1-xxl/spiece.model", "cogvid/dit/model.py", "cogvid/vae/autoencoder.py"}
+                "cogvid/demo/cogvideox-tiny-trained/transformer/latest", "cogvid/demo/cogvideox-tiny-trained/vae/3d-vae.pt",
+                "cogvid/demo/cogvideox-tiny-trained/t5-v1_1-xxl/spiece.model", "cogvid/dit/model.py", "cogvid/vae/autoencoder.py"}
     assert expected <= names
     assert any(n.endswith("entry_points.txt") for n in names)
