@@ -134,7 +134,7 @@ class FrozenT5Embedder(nn.Module):
         self.input_key = "txt"
         self.tokenizer: Any = None
         self.transformer: nn.Module | None = None
-        # An empty tensor that follows .to()/.half()/.cuda(): where and in which dtype to load T5.
+        # An empty tensor that follows .to() and dtype casts: where and in which dtype to load T5.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
     # -- loading ------------------------------------------------------------------------------
