@@ -174,6 +174,7 @@ def run_batch(
     offload: bool,
     original_frames: bool,
     resume: bool,
+    vae_tiling: bool = False,
     lora: Sequence[str] = (),
     wandb: Optional[str] = None,
     debug: bool = False,
@@ -223,9 +224,12 @@ def run_batch(
                 jobs[position] = job.failed(e)
 
     def model_key(job: Any) -> str:
-        # The LoRAs change every pixel, so they are part of each video's resume key.
+        # LoRAs, tiled decoding and the 1.5 frame schedule change pixels: part of each video's resume key.
         specs = job_loras[job.line]
-        return resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in specs)
+        key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in specs)
+        if original_frames and resolved.spec.generation != "1.0":
+            key += "+original-frames"
+        return key + ("+vae-tiling" if vae_tiling else "")
     if sampler is not None:
         from cogvid.diffusion import sampler_config_with
 
@@ -280,7 +284,7 @@ def run_batch(
                     run_config = {"model": resolved.name, "file": str(file), "sampler": sampler, "loras": list(lora)}
                     group = f"batch-{file.stem}" if world_size > 1 else None
                     tracker = WandbLogger(wandb, run_config, group=group, name=f"{file.stem}-rank{rank}" if group else None)
-                settings = _Settings(file, out, fps, sampler, schedule, as_json, debug, rank, tracker)
+                settings = _Settings(file, out, fps, sampler, schedule, vae_tiling, as_json, debug, rank, tracker)
                 try:
                     position = 1
                     for specs, units_of_group in groups.items():
@@ -344,6 +348,7 @@ class _Settings:
     fps: Optional[int]
     sampler: Optional[str]
     decode_schedule: Optional[str]
+    vae_tiling: bool
     as_json: bool
     debug: bool
     rank: int
@@ -380,6 +385,7 @@ def _generate(
                 seed=job.seed + k,
                 callback=progress,
                 decode_schedule=settings.decode_schedule,
+                vae_tiling=settings.vae_tiling,
             )
             video.metadata.update({SIDECAR_KEY: key, "batch_file": str(settings.file), "batch_line": job.line})
             with _defer_sigint():  # a finished video is saved whole, sidecar included, and counted
@@ -433,6 +439,7 @@ def batch(
     out: Path = opt.Out,
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
+    vae_tiling: bool = opt.VaeTiling,
     original_frames: bool = opt.OriginalFrames,
     resume: bool = Resume,
     lora: list[str] = opt.Lora,

@@ -89,6 +89,7 @@ class ReplSession:
         offload: bool,
         original_frames: bool,
         interactive: bool,
+        vae_tiling: bool = False,
     ) -> None:
         from cogvid.repl import CancelFlag
 
@@ -102,6 +103,7 @@ class ReplSession:
         self.as_json = as_json
         self.offload = offload
         self.original_frames = original_frames
+        self.vae_tiling = vae_tiling
         self.interactive = interactive
         self.loras: tuple[LoraSpec, ...] = ()  # merged into the loaded model's weights
         self.flag = CancelFlag()
@@ -376,6 +378,7 @@ class ReplSession:
                     seed=seed,
                     callback=cancellable(renderer, self.flag),
                     decode_schedule=schedule,
+                    vae_tiling=self.vae_tiling,
                     **self.settings.generate_kwargs(),
                 )
                 self.flag.check()  # a Ctrl-C during the last decode chunk still means no file
@@ -449,6 +452,7 @@ def repl(
     out: Path = opt.Out,
     as_json: bool = opt.Json,
     offload: bool = opt.Offload,
+    vae_tiling: bool = opt.VaeTiling,
     original_frames: bool = opt.OriginalFrames,
 ) -> None:
     """Interactive session: the model loads once, then each line is a prompt (a video) or a /command.
@@ -483,7 +487,7 @@ def repl(
     interactive = sys.stdin.isatty()
     session = ReplSession(
         None, resolved, settings, weights=weights, device=device, dtype=dtype, out=out, as_json=as_json,
-        offload=offload, original_frames=original_frames, interactive=interactive,
+        offload=offload, original_frames=original_frames, interactive=interactive, vae_tiling=vae_tiling,
     )
     from cogvid.lora import parse_specs
 

@@ -215,3 +215,21 @@ def test_torchrun_two_ranks_make_each_output_exactly_once(tmp_path):
     again = subprocess.run([*cmd, "--resume"], env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _files(out) == before and "3 skipped" in again.stderr
+
+
+def test_vae_tiling_is_recorded_and_part_of_the_resume_key(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\n", encoding="utf-8")
+    out = tmp_path / "out"
+    base = ["batch", str(prompts), *FAST, "--out", str(out), "--json"]
+    tiled = runner.invoke(app, [*base, "--vae-tiling"])
+    assert tiled.exit_code == 0, tiled.output
+    record = json.loads(tiled.stdout.strip())
+    assert record["vae_tiling"] is True
+    assert json.loads(Path(record["sidecar"]).read_text())["vae_tiling"] is True
+    again = runner.invoke(app, [*base, "--vae-tiling", "--resume"])
+    assert again.exit_code == 0 and again.stdout.strip() == ""  # already complete
+    plain = runner.invoke(app, [*base, "--resume"])  # untiled decoding: different pixels, a new video
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.stdout.strip())["vae_tiling"] is False
+    assert len(_sidecars(out)) == 2

@@ -99,3 +99,12 @@ def test_lora_reloads_the_model_with_it_and_none_takes_it_off(tmp_path):
     assert sidecar["loras"] == [{"path": str(lora), "scale": 0.5}]
     assert re.search(r"^lora\s+none$", err, re.MULTILINE)
     assert result.returncode == 1 and "1 of 5 lines failed" in err
+
+
+@pytest.mark.slow
+def test_vae_tiling_applies_to_every_video_of_the_session(tmp_path):
+    out = tmp_path / "out"
+    result = _repl("a red ball\n", "--steps", "2", "--frames", "9", "--vae-tiling", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    (video,) = [line for line in result.stdout.splitlines() if line.endswith(".mp4")]
+    assert json.loads((out / video).with_suffix(".json").read_text())["vae_tiling"] is True
