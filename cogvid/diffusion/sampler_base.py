@@ -160,23 +160,31 @@ class BaseDiffusionSampler:
             return None
         return int((level.reshape(-1)[0] - table).abs().argmin())
 
-    def start(
+    def __call__(
         self,
         denoiser: DenoiserFn,
         x: torch.Tensor,
         cond: dict[str, Any],
-        uc: dict[str, Any] | None,
-        num_steps: int | None,
-        scale: Any,
-        scale_emb: Any,
-        ofs: Any,
-        generator: torch.Generator | None,
-        callback: StepCallback | None,
-    ) -> tuple[SamplingRun, torch.Tensor]:
-        """A run object and x in the working dtype (a copy: the caller's tensor is never modified)."""
+        uc: dict[str, Any] | None = None,
+        num_steps: int | None = None,
+        scale: Any = None,
+        scale_emb: Any = None,
+        ofs: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Sample from unit-variance noise ``x`` (B, T, C, H, W); returns the final x0 estimate.
+
+        ``x`` is never modified (the run works on a copy in the working dtype).
+        """
         steps = self.resolve_steps(num_steps)
         run = SamplingRun(self, denoiser, x, cond, uc, steps, scale, scale_emb, ofs, generator, callback)
-        return run, x.to(run.dtype, copy=True)
+        return self.loop(run, x.to(run.dtype, copy=True))
+
+    def loop(self, run: SamplingRun, x: torch.Tensor) -> torch.Tensor:
+        """The sampling loop of one call (``x`` already a private copy); every sampler defines it."""
+        raise TypeError(f"{type(self).__name__} does not define loop()")
 
 
 def per_sample(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

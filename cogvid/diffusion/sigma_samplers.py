@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cogvid.diffusion.sampler_base import BaseDiffusionSampler, DenoiserFn, SamplingRun, StepCallback, per_sample
+from cogvid.diffusion.sampler_base import BaseDiffusionSampler, SamplingRun, per_sample
 
 
 def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, Any]:
@@ -72,22 +72,8 @@ class SigmaSampler(BaseDiffusionSampler):
             return run.denoise(x * per_sample(alpha, x), alpha, self.nearest_timestep(alpha))
         return run.denoise(x, sigma, self.nearest_timestep(sigma))
 
-    def __call__(
-        self,
-        denoiser: DenoiserFn,
-        x: torch.Tensor,
-        cond: dict[str, Any],
-        uc: dict[str, Any] | None = None,
-        num_steps: int | None = None,
-        scale: Any = None,
-        scale_emb: Any = None,
-        ofs: Any = None,
-        *,
-        generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
-    ) -> torch.Tensor:
-        """Sample from noise ``x`` (unit variance); returns the final x0 estimate in x's layout."""
-        run, x = self.start(denoiser, x, cond, uc, num_steps, scale, scale_emb, ofs, generator, callback)
+    def loop(self, run: SamplingRun, x: torch.Tensor) -> torch.Tensor:
+        """Scale the unit noise to the first sigma, then walk the sigma schedule (``sample``)."""
         sigmas = self.sigma_schedule(run.num_steps, x.device, run.dtype)
         x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
         s_in = x.new_ones([x.shape[0]])

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cogvid.diffusion.sampler_base import BaseDiffusionSampler, DenoiserFn, SamplingRun, StepCallback, per_sample
+from cogvid.diffusion.sampler_base import BaseDiffusionSampler, SamplingRun, per_sample
 from cogvid.errors import ConfigError
 
 
@@ -45,22 +45,8 @@ class VideoDDIMSampler(BaseDiffusionSampler):
         alphas = torch.cat([alphas, alphas.new_ones([1])]).to(dtype)
         return alphas, [int(t) for t in reversed(list(timesteps))]
 
-    def __call__(
-        self,
-        denoiser: DenoiserFn,
-        x: torch.Tensor,
-        cond: dict[str, Any],
-        uc: dict[str, Any] | None = None,
-        num_steps: int | None = None,
-        scale: Any = None,
-        scale_emb: Any = None,
-        ofs: Any = None,
-        *,
-        generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x`` (B, T, C, H, W); the callback gets the DDPM timestep as level."""
-        run, x = self.start(denoiser, x, cond, uc, num_steps, scale, scale_emb, ofs, generator, callback)
+    def loop(self, run: SamplingRun, x: torch.Tensor) -> torch.Tensor:
+        """The alpha-space loop; the callback gets the DDPM timestep as level."""
         alphas, timesteps = self.schedule(run.num_steps, x.device, run.dtype)
         s_in = x.new_ones([x.shape[0]])
         prefix = x[:, : self.fixed_frames] if self.fixed_frames > 0 else None  # (B, F, ...) first frames
