@@ -11,11 +11,13 @@ Stages, each seeded on its own (so running them one by one gives the same files 
 3. ``t5``: a SentencePiece word-level tokenizer trained on the caption grammar and a tiny T5
    encoder with seeded random weights, kept frozen (as the original keeps T5 frozen); the DiT's
    text projection learns to read it.
-4. ``dit``: the tiny DiT (cogvid.dit, v1.0 layout) with the original objective: DDPM timestep t
-   uniform in [0, 1000), a = sqrt(alpha_cumprod_t) of the zero-SNR schedule, x_t = a x0 +
-   sqrt(1 - a^2) eps, the denoiser (VideoScaling: x0 = a x_t - sqrt(1 - a^2) v, c_noise = t) and
-   loss w (x0_hat - x0)^2 with w = 1 / (1 - a^2), i.e. v-prediction; the caption embedding is
-   zeroed with probability 0.1 (the conditioner's ucg_rate) so classifier-free guidance works.
+4. ``dit``: the tiny DiT (cogvid.dit, v1.0 layout; patch size 1, one token per latent pixel, as 4 x 4
+   latents leave little room: with the released 2 x 2 patches squares and circles blur together)
+   with the original objective: DDPM timestep t uniform in [0, 1000), a = sqrt(alpha_cumprod_t)
+   of the zero-SNR schedule, x_t = a x0 + sqrt(1 - a^2) eps, the denoiser (VideoScaling:
+   x0 = a x_t - sqrt(1 - a^2) v, c_noise = t) and loss w (x0_hat - x0)^2 with w = 1 / (1 - a^2),
+   i.e. v-prediction; the caption embedding is zeroed with probability 0.1 (the conditioner's
+   ucg_rate) so classifier-free guidance works.
 
 The output folder holds model.yaml and inference.yaml (original schema, paths relative to the
 folder), transformer/{latest,1/mp_rank_00_model_states.pt}, vae/3d-vae.pt, t5-v1_1-xxl/ and
@@ -65,7 +67,7 @@ _CODER: dict[str, Any] = {
 }
 
 
-def model_config(scale_factor: float, dit_layers: int = 3, hidden: int = 128) -> dict:
+def model_config(scale_factor: float, dit_layers: int = 3, hidden: int = 128, patch: int = 1) -> dict:
     """model.yaml of the demo model (original CogVideo SAT schema, v1.0 semantics)."""
     latent = world.SIZE // 8
     discretization = {
@@ -97,7 +99,7 @@ def model_config(scale_factor: float, dit_layers: int = 3, hidden: int = 128) ->
                     "latent_width": latent,
                     "latent_height": latent,
                     "num_layers": dit_layers,
-                    "patch_size": 2,
+                    "patch_size": patch,
                     "in_channels": LATENT_CHANNELS,
                     "out_channels": LATENT_CHANNELS,
                     "hidden_size": hidden,
@@ -510,7 +512,7 @@ def _init_state_entry(name: str, shape: torch.Size, generator: torch.Generator, 
     return torch.zeros(shape) if any(part in name for part in zero) else tensor
 
 
-def train_dit(out: Path, seed: int, steps: int, batch: int, per_combo: int, layers: int, hidden: int, log: dict) -> None:
+def train_dit(out: Path, seed: int, steps: int, batch: int, per_combo: int, layers: int, hidden: int, patch: int, log: dict) -> None:
     """Train the DiT on VAE latents of the training split and write ``transformer/`` + the YAMLs."""
     from cogvid.checkpoint import DIT_PREFIX, save_checkpoint
     from cogvid.config import instantiate
@@ -527,7 +529,7 @@ def train_dit(out: Path, seed: int, steps: int, batch: int, per_combo: int, laye
     encode_seconds = time.time() - start
     print(f"dit data: {mean.shape[0]} clips, {len(vocabulary)} captions, scale_factor {scale_factor:.4f}, {encode_seconds:.0f}s", flush=True)
 
-    cfg = model_config(scale_factor, layers, hidden)["model"]
+    cfg = model_config(scale_factor, layers, hidden, patch)["model"]
     generator = torch.Generator().manual_seed(seed * 1000 + 4)
     dit = init_dit(cfg["network_config"], generator)
     dit.train()
@@ -577,7 +579,7 @@ def train_dit(out: Path, seed: int, steps: int, batch: int, per_combo: int, laye
         shutil.rmtree(out / "transformer")
     save_checkpoint(out / "transformer", state, iteration=1)
     header = "# cogvideox-tiny (trained by tools/train_demo.py): original CogVideo SAT schema, v1.0 semantics.\n"
-    write_yaml(out / "model.yaml", model_config(scale_factor, layers, hidden), header)
+    write_yaml(out / "model.yaml", model_config(scale_factor, layers, hidden, patch), header)
     inference_header = "# cogvideox-tiny inference settings (float32; sampling_num_frames counts latent frames).\n"
     write_yaml(out / "inference.yaml", inference_config(), inference_header)
     log["dit"] = {
@@ -586,6 +588,7 @@ def train_dit(out: Path, seed: int, steps: int, batch: int, per_combo: int, laye
         "clips": int(mean.shape[0]),
         "layers": layers,
         "hidden": hidden,
+        "patch_size": patch,
         "scale_factor": scale_factor,
         "seconds": round(time.time() - start, 1),
         "final_v_loss": float(np.mean(losses[-100:])),
@@ -605,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dit-batch", type=int, default=32)
     parser.add_argument("--dit-layers", type=int, default=3)
     parser.add_argument("--dit-hidden", type=int, default=128)
+    parser.add_argument("--dit-patch", type=int, default=1, help="DiT patch size in latent pixels (4 x 4 latents)")
     parser.add_argument("--clips-per-combo", type=int, default=16)
     parser.add_argument(
         "--stages", default="vae,decoder,t5,dit", help="comma-separated subset of vae,decoder,t5,dit (later stages read earlier outputs)"
@@ -630,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
     if "t5" in stages:
         write_t5(args.out, args.seed, log)
     if "dit" in stages:
-        train_dit(args.out, args.seed, args.dit_steps, args.dit_batch, args.clips_per_combo, args.dit_layers, args.dit_hidden, log)
+        train_dit(args.out, args.seed, args.dit_steps, args.dit_batch, args.clips_per_combo, args.dit_layers, args.dit_hidden, args.dit_patch, log)
     log_path.write_text(json.dumps(log, indent=2) + "\n")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"wrote {args.out} ({size / 1e6:.2f} MB) in {time.time() - started:.0f}s")
