@@ -53,6 +53,18 @@ class PromptTruncatedWarning(UserWarning):
         self.max_length = max_length
 
 
+class UnknownWordsWarning(UserWarning):
+    """Words of a prompt that the tokenizer can only read as ``<unk>``: the model sees none of them.
+
+    ``prompt_index`` is the prompt's position in the batch, ``words`` the unknown words in order.
+    """
+
+    def __init__(self, message: str, prompt_index: int, words: list[str]) -> None:
+        super().__init__(message)
+        self.prompt_index = prompt_index
+        self.words = words
+
+
 def _missing_t5(folder: Path, what: str) -> MissingFileError:
     return MissingFileError(
         f"T5 text encoder {what}: {folder}\n{T5_FOLDER_LAYOUT}",
@@ -228,9 +240,25 @@ class FrozenT5Embedder(nn.Module):
     # -- encoding -----------------------------------------------------------------------------
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Token ids (B, max_length) exactly as the original; warns with PromptTruncatedWarning."""
+        """Token ids (B, max_length) exactly as the original.
+
+        Warns with PromptTruncatedWarning (a prompt too long) and UnknownWordsWarning (words the
+        tokenizer reads as ``<unk>``).
+        """
         tokenizer = self.load_tokenizer()
         prompts = list(prompts)
+        for index, words in enumerate(self.unknown_words(prompts)):
+            if words:
+                warnings.warn(
+                    UnknownWordsWarning(
+                        f"prompt {index + 1}: this model's tokenizer does not know "
+                        f"{', '.join(repr(w) for w in words)}; the model cannot read "
+                        f"{'them' if len(words) > 1 else 'it'}",
+                        prompt_index=index,
+                        words=words,
+                    ),
+                    stacklevel=2,
+                )
         for index, length in enumerate(self.count_tokens(prompts)):
             if length > self.max_length:
                 lost = length - self.max_length
@@ -260,6 +288,20 @@ class FrozenT5Embedder(nn.Module):
         tokenizer = self.load_tokenizer()
         encoded = tokenizer(list(prompts), truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+    def unknown_words(self, prompts: Sequence[str]) -> list[list[str]]:
+        """For each prompt, its whitespace-separated words that contain a ``<unk>`` token."""
+        tokenizer = self.load_tokenizer()
+        unk = tokenizer.unk_token_id
+        found: list[list[str]] = []
+        for prompt in prompts:
+            words: list[str] = []
+            if unk is not None and unk in tokenizer(prompt, verbose=False)["input_ids"]:
+                for word in prompt.split():
+                    if unk in tokenizer(word, add_special_tokens=False, verbose=False)["input_ids"] and word not in words:
+                        words.append(word)
+            found.append(words)
+        return found
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> torch.Tensor:

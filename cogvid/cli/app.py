@@ -17,7 +17,7 @@ from cogvid.errors import CogvidError
 EXAMPLES = """\
 Examples:
 
-  cogvid t2v "a red ball bouncing"          # demo model, no download
+  cogvid t2v "a red circle moving left"     # demo model, no download
   cogvid t2v "a cat surfing" -m cogvideox-5b --seed 42
   cogvid i2v photo.png "the dog turns" -m cogvideox-5b-i2v
   cogvid batch prompts.txt -m cogvideox-5b --resume
@@ -78,6 +78,7 @@ def root(
 ) -> None:
     """Generate videos with CogVideoX models in their native SAT format."""
     ctx.obj = {"debug": debug}
+    console.route_warnings()
 
 
 def _register() -> None:

@@ -29,6 +29,29 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {_escape(message)}")
 
 
+def route_warnings() -> None:
+    """Show cogvid's own warnings (a truncated prompt, unknown words) as ``warning:`` lines, every time.
+
+    Other warnings keep Python's default display.
+    """
+    import warnings
+
+    default_show = warnings.showwarning
+    if getattr(default_show, "routes_cogvid", False):
+        return
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if category.__module__.startswith("cogvid."):
+            warn(str(message))
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    show.routes_cogvid = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    # Python shows a warning once per place and text; a REPL user repeating a prompt should see it again.
+    warnings.filterwarnings("always", module=r"cogvid\.")
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 

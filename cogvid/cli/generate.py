@@ -15,7 +15,7 @@ from cogvid.cli import options as opt
 T2V_EXAMPLES = """\
 Examples:
 
-  cogvid t2v "a red ball bouncing"         # the embedded demo model
+  cogvid t2v "a red circle moving left"    # the embedded demo model
   cogvid t2v "a cat on a surfboard" -m cogvideox-5b --seed 42
   cogvid t2v "waves at dusk" -m cogvideox1.5-5b --frames 161 --size 768x1360
   cogvid t2v "a red ball" --sampler ddim --steps 30 --json

@@ -21,6 +21,9 @@ from cogvid.cli.app import app
 runner = CliRunner()
 FAST = ["--steps", "2", "--frames", "9"]
 FAST_DEFAULTS = JobDefaults(steps=2, frames=9)
+# Slow enough (~3 s a video on a fast machine) that a signal sent right after the first output
+# lands while the second video is being made, however fast the machine.
+SLOW = ["--steps", "1000", "--frames", "17"]
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +148,7 @@ def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one fish\ntwo fish\nred fish\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *FAST, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *SLOW, "--out", str(out)]
     proc = _start_and_wait_for_first_output(cmd, out)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -157,7 +160,7 @@ def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path)
     (day / ".0099-red-fish-s2.0badc0de.tmp.mp4").write_bytes(b"half a video")
     (day / ".0100.reserving").write_bytes(b"")
 
-    result = runner.invoke(app, ["batch", str(prompts), *FAST, "--out", str(out), "--resume"])
+    result = runner.invoke(app, ["batch", str(prompts), *SLOW, "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert "partial file(s) left by an interrupted run" in result.stderr
     sidecars = _assert_complete_and_clean(out, [1, 2, 3])
@@ -179,7 +182,7 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one fish\ntwo fish\nred fish\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *FAST, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *SLOW, "--out", str(out)]
     proc = _start_and_wait_for_first_output(cmd, out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)

@@ -128,7 +128,7 @@ def test_terminal_session_cancel_and_history_across_restarts(tmp_path):
         term.expect(PROMPT)
         term.send("a slow one\r")
         term.expect(r"denoising")  # the bar shows once the first step is done
-        time.sleep(0.5)
+        time.sleep(0.1)  # 1000 steps: seconds of denoising still ahead
         started = time.monotonic()
         term.send("\x03")
         term.expect(r"cancelling after the current step")

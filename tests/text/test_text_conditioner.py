@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from cogvid.config import instantiate
 from cogvid.errors import CheckpointError, ConfigError, MissingFileError
-from cogvid.text import FrozenT5Embedder, GeneralConditioner, PromptTruncatedWarning
+from cogvid.text import FrozenT5Embedder, GeneralConditioner, PromptTruncatedWarning, UnknownWordsWarning
 from fixtures.tiny_t5 import build_tiny_t5
 
 MAX_LENGTH = 24
@@ -139,6 +139,24 @@ def test_truncation_warns_with_the_number_of_lost_tokens(t5_dir):
         warnings.simplefilter("error", PromptTruncatedWarning)
         exact.tokenize([long_prompt])
     assert exact.count_tokens([long_prompt, "short"])[0] == full
+
+
+DEMO_T5 = Path(__file__).resolve().parents[2] / "cogvid" / "demo" / "cogvideox-tiny-trained" / "t5-v1_1-xxl"
+
+
+def test_words_the_tokenizer_reads_as_unk_are_named_in_a_warning():
+    embedder = FrozenT5Embedder(str(DEMO_T5), max_length=16)  # word-level: one piece per grammar word
+    assert embedder.unknown_words(["a purple hexagon moving left", "A Red circle moving left", "a red ball, a red ball"]) == [
+        ["purple", "hexagon"], [], ["ball,", "ball"]
+    ]
+    with pytest.warns(UnknownWordsWarning) as record:
+        embedder.tokenize(["a red circle moving left", "a purple circle moving left"])
+    assert len(record) == 1
+    assert record[0].message.prompt_index == 1 and record[0].message.words == ["purple"]
+    assert "does not know 'purple'" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownWordsWarning)
+        embedder.tokenize(["a green triangle sliding up over a black background"])
 
 
 @pytest.mark.parametrize(
