@@ -15,6 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fixtures.processes import sigint_as_in_a_terminal
+
 from cogvid.batch import JobDefaults, job_key, parse_prompt_file
 from cogvid.cli.app import app
 
@@ -46,8 +48,13 @@ def _files(out: Path) -> list[Path]:
     return sorted(p for p in out.rglob("*") if p.is_file() and p.name != ".cogvid-batch.lock")
 
 
+def _sidecar_paths(out: Path) -> list[Path]:
+    """Published sidecars (not the hidden temporaries they are written to first)."""
+    return sorted(p for p in out.glob("*/*.json") if not p.name.startswith("."))
+
+
 def _sidecars(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) | {"_path": p} for p in sorted(out.glob("*/*.json"))]
+    return [json.loads(p.read_text()) | {"_path": p} for p in _sidecar_paths(out)]
 
 
 def _assert_complete_and_clean(out: Path, lines: list[int]) -> list[dict]:
@@ -168,9 +175,11 @@ def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path)
 
 
 def _start_and_wait_for_first_output(cmd: list[str], out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal
+    )
     deadline = time.monotonic() + 120
-    while not list(out.glob("*/*.json")):
+    while not _sidecar_paths(out):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"no output appeared: {proc.communicate()[1][-2000:]}")

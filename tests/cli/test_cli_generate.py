@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.processes import sigint_as_in_a_terminal
+
 from cogvid.cli.app import app
 from cogvid.video import read_video
 
@@ -113,6 +115,7 @@ def test_ctrl_c_during_generation_leaves_no_files(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "cogvid", "t2v", "a slow one", "--steps", "1000", "--out", str(out)],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+        preexec_fn=sigint_as_in_a_terminal,
     )
     deadline = time.time() + 120
     seen = ""
