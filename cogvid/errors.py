@@ -1,4 +1,4 @@
-"""One exception hierarchy for cogvid: every error carries an exit code and an optional hint."""
+"""One exception hierarchy for cogvid: every error carries an exit code and an optional hint; one warning base."""
 
 from __future__ import annotations
 
@@ -60,3 +60,7 @@ class Cancelled(CogvidError):
 
     def __init__(self, message: str = "interrupted", hint: str | None = None) -> None:
         super().__init__(message, hint)
+
+
+class CogvidWarning(UserWarning):
+    """Base class of the warnings cogvid gives a user (the CLI shows them as ``warning:`` lines)."""

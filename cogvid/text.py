@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cogvid.errors import CheckpointError, ConfigError, MissingFileError
+from cogvid.errors import CheckpointError, CogvidWarning, ConfigError, MissingFileError
 
 # Output routing of the original GeneralConditioner: tensor rank -> conditioning key, key -> cat dim.
 OUTPUT_DIM_TO_KEY = {2: "vector", 3: "crossattn", 4: "concat", 5: "concat"}
@@ -39,7 +39,7 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-class PromptTruncatedWarning(UserWarning):
+class PromptTruncatedWarning(CogvidWarning):
     """A prompt was longer than the text encoder's ``max_length`` and lost its tail.
 
     ``prompt_index`` is its position in the batch, ``lost_tokens`` how many tokens were dropped,
@@ -53,7 +53,7 @@ class PromptTruncatedWarning(UserWarning):
         self.max_length = max_length
 
 
-class UnknownWordsWarning(UserWarning):
+class UnknownWordsWarning(CogvidWarning):
     """Words of a prompt that the tokenizer can only read as ``<unk>``: the model sees none of them.
 
     ``prompt_index`` is the prompt's position in the batch, ``words`` the unknown words in order.

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cogvid.errors import GenerationError, MissingFileError, UsageError
+from cogvid.errors import CogvidWarning, GenerationError, MissingFileError, UsageError
 
 SLUG_MAX = 48
 INDEX_DIGITS = 4
@@ -212,6 +212,7 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, quality
             f"H.264/yuv420p needs an even size; padding {array.shape[1]}x{array.shape[2]} frames by "
             f"replicating the last {'row' if pad_h else ''}{' and ' if pad_h and pad_w else ''}"
             f"{'column' if pad_w else ''}",
+            CogvidWarning,
             stacklevel=2,
         )
         array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")

@@ -30,18 +30,18 @@ def warn(message: str) -> None:
 
 
 def route_warnings() -> None:
-    """Show cogvid's own warnings (a truncated prompt, unknown words) as ``warning:`` lines, every time.
-
-    Other warnings keep Python's default display.
-    """
+    """Show cogvid's own warnings (CogvidWarning: a truncated prompt, unknown words) as ``warning:``
+    lines, every time they happen. Other warnings keep Python's default handling."""
     import warnings
+
+    from cogvid.errors import CogvidWarning
 
     default_show = warnings.showwarning
     if getattr(default_show, "routes_cogvid", False):
         return
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        if category.__module__.startswith("cogvid."):
+        if issubclass(category, CogvidWarning):
             warn(str(message))
         else:
             default_show(message, category, filename, lineno, file, line)
@@ -49,7 +49,7 @@ def route_warnings() -> None:
     show.routes_cogvid = True  # type: ignore[attr-defined]
     warnings.showwarning = show
     # Python shows a warning once per place and text; a REPL user repeating a prompt should see it again.
-    warnings.filterwarnings("always", module=r"cogvid\.")
+    warnings.filterwarnings("always", category=CogvidWarning)
 
 
 def _escape(text: str) -> str:
