@@ -48,6 +48,11 @@ class ModelSpec:
     def valid_frames(self) -> list[int]:
         return list(range(self.frame_step + 1, self.max_frames + 1, self.frame_step))
 
+    def decode_schedule(self, original_frames: bool = True) -> str | None:
+        """The VAE decode schedule for ``--original-frames`` (None: the model's own, as the original)
+        or ``--diffusers-frames`` ("1.5-diffusers": 81 frames for 81 on 1.5; 1.0 decodes alike)."""
+        return None if self.generation == "1.0" or original_frames else "1.5-diffusers"
+
 
 def spec_from_config(cfg: Any, task: str | None = None, default_fps: int | None = None) -> ModelSpec:
     """Derive a ModelSpec from a merged ``{model, args}`` config."""

@@ -223,12 +223,14 @@ def run_batch(
             except CogvidError as e:
                 jobs[position] = job.failed(e)
 
+    schedule = resolved.spec.decode_schedule(original_frames)
+
     def model_key(job: Any) -> str:
-        # LoRAs, tiled decoding and the 1.5 frame schedule change pixels: part of each video's resume key.
+        # LoRAs, a non-default decode schedule and tiled decoding change pixels: part of each resume key.
         specs = job_loras[job.line]
         key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in specs)
-        if original_frames and resolved.spec.generation != "1.0":
-            key += "+original-frames"
+        if schedule is not None:
+            key += f"+decode:{schedule}"
         return key + ("+vae-tiling" if vae_tiling else "")
     if sampler is not None:
         from cogvid.diffusion import sampler_config_with
@@ -276,7 +278,6 @@ def run_batch(
                 groups: dict[tuple, list] = {}
                 for unit in pending:
                     groups.setdefault(job_loras[unit[0].line], []).append(unit)
-                schedule = None if resolved.spec.generation == "1.0" or original_frames else "1.5-diffusers"
                 tracker = None
                 if wandb:
                     from cogvid.tracking import WandbLogger

@@ -79,7 +79,7 @@ def run_generation(
     renderer = console.ProgressRenderer()
     pipe = load(device=device, dtype=dtype, lora=lora_specs, progress=renderer, resolved=resolved)
     pipe.engine.offload = offload
-    schedule = None if pipe.spec.generation == "1.0" or original_frames else "1.5-diffusers"
+    schedule = pipe.spec.decode_schedule(original_frames)
     first_seed = random.randrange(2**31) if seed is None else seed
     if seed is None:
         console.err.print(f"seed: {first_seed}")

@@ -366,7 +366,7 @@ class ReplSession:
 
         if seed is None:
             seed = self.settings.seed if self.settings.seed is not None else draw_seed()
-        schedule = None if self.pipe.spec.generation == "1.0" or self.original_frames else "1.5-diffusers"
+        schedule = self.pipe.spec.decode_schedule(self.original_frames)
         self.last_prompt, self.last_seed = prompt, seed
         renderer = console.ProgressRenderer()
         self.flag.clear()

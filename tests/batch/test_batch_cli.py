@@ -245,3 +245,25 @@ def test_vae_tiling_is_recorded_and_part_of_the_resume_key(tmp_path):
     assert plain.exit_code == 0, plain.output
     assert json.loads(plain.stdout.strip())["vae_tiling"] is False
     assert len(_sidecars(out)) == 2
+
+
+@pytest.mark.slow
+def test_the_1_5_frame_schedule_is_part_of_the_resume_key(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from e2e_reference import write_tiny_v15_t2v_model
+
+    model_yaml, inference_yaml = write_tiny_v15_t2v_model(tmp_path / "v15")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\n", encoding="utf-8")
+    out = tmp_path / "out"
+    base = ["batch", str(prompts), "--config", str(model_yaml), "--config", str(inference_yaml),
+            "--steps", "2", "--frames", "17", "--out", str(out), "--json"]
+    original = runner.invoke(app, base)
+    assert original.exit_code == 0, original.output
+    assert json.loads(original.stdout.strip())["frames"] == 20  # the original's decode: 4 frames a latent
+    again = runner.invoke(app, [*base, "--original-frames", "--resume"])
+    assert again.exit_code == 0 and again.stdout.strip() == ""  # the default, already made
+    diffusers = runner.invoke(app, [*base, "--diffusers-frames", "--resume"])
+    assert diffusers.exit_code == 0, diffusers.output
+    assert json.loads(diffusers.stdout.strip())["frames"] == 17  # a different video: made, not skipped
+    assert len(_sidecars(out)) == 2
