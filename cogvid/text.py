@@ -242,12 +242,13 @@ class FrozenT5Embedder(nn.Module):
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids (B, max_length) exactly as the original.
 
-        Warns with PromptTruncatedWarning (a prompt too long) and UnknownWordsWarning (words the
-        tokenizer reads as ``<unk>``).
+        Warns with UnknownWordsWarning (words the tokenizer reads as ``<unk>``) and
+        PromptTruncatedWarning (a prompt too long).
         """
         tokenizer = self.load_tokenizer()
         prompts = list(prompts)
-        for index, words in enumerate(self.unknown_words(prompts)):
+        for index, (prompt, ids) in enumerate(zip(prompts, self._untruncated_ids(prompts))):
+            words = self._unknown_words_of(prompt, ids)
             if words:
                 warnings.warn(
                     UnknownWordsWarning(
@@ -259,12 +260,11 @@ class FrozenT5Embedder(nn.Module):
                     ),
                     stacklevel=2,
                 )
-        for index, length in enumerate(self.count_tokens(prompts)):
-            if length > self.max_length:
-                lost = length - self.max_length
+            if len(ids) > self.max_length:
+                lost = len(ids) - self.max_length
                 warnings.warn(
                     PromptTruncatedWarning(
-                        f"prompt {index + 1} is {length} tokens long; only the first {self.max_length} "
+                        f"prompt {index + 1} is {len(ids)} tokens long; only the first {self.max_length} "
                         f"(including </s>) are used, {lost} token{'s' if lost != 1 else ''} dropped",
                         prompt_index=index,
                         lost_tokens=lost,
@@ -285,23 +285,26 @@ class FrozenT5Embedder(nn.Module):
 
     def count_tokens(self, prompts: Sequence[str]) -> list[int]:
         """Untruncated token counts (with ``</s>``), to warn a user before generating."""
-        tokenizer = self.load_tokenizer()
-        encoded = tokenizer(list(prompts), truncation=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return [len(ids) for ids in self._untruncated_ids(prompts)]
 
     def unknown_words(self, prompts: Sequence[str]) -> list[list[str]]:
         """For each prompt, its whitespace-separated words that contain a ``<unk>`` token."""
+        return [self._unknown_words_of(p, ids) for p, ids in zip(prompts, self._untruncated_ids(prompts))]
+
+    def _untruncated_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        return self.load_tokenizer()(list(prompts), truncation=False, verbose=False)["input_ids"]
+
+    def _unknown_words_of(self, prompt: str, ids: list[int]) -> list[str]:
+        """The words of ``prompt`` (tokenized whole as ``ids``) that contain a ``<unk>`` token."""
         tokenizer = self.load_tokenizer()
         unk = tokenizer.unk_token_id
-        found: list[list[str]] = []
-        for prompt in prompts:
-            words: list[str] = []
-            if unk is not None and unk in tokenizer(prompt, verbose=False)["input_ids"]:
-                for word in prompt.split():
-                    if unk in tokenizer(word, add_special_tokens=False, verbose=False)["input_ids"] and word not in words:
-                        words.append(word)
-            found.append(words)
-        return found
+        words: list[str] = []
+        if unk is None or unk not in ids:
+            return words
+        for word in prompt.split():
+            if word not in words and unk in tokenizer(word, add_special_tokens=False, verbose=False)["input_ids"]:
+                words.append(word)
+        return words
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> torch.Tensor:
