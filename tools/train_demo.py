@@ -257,6 +257,13 @@ def _object_weight(video: torch.Tensor) -> torch.Tensor:
     return 1.0 + (OBJECT_WEIGHT - 1.0) * on_object.float()
 
 
+def reconstruction_loss(recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """Object-weighted L1 + MSE of a reconstruction (the weights of ``_object_weight``)."""
+    weight = _object_weight(video)
+    error = recon - video
+    return (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
+
+
 def train_vae(out: Path, seed: int, image_steps: int, video_steps: int, image_batch: int, video_batch: int, log: dict) -> None:
     """Train the VAE and write ``vae/3d-vae.pt``.
 
@@ -287,9 +294,7 @@ def train_vae(out: Path, seed: int, image_steps: int, video_steps: int, image_ba
         logvar = logvar.clamp(-30.0, 20.0)
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
         recon = decoder(z)
-        weight = _object_weight(video)
-        error = recon - video
-        rec = (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
+        rec = reconstruction_loss(recon, video)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3, 4)).mean()
         loss = rec + KL_WEIGHT * kl
         optimizer.zero_grad(set_to_none=True)
@@ -342,9 +347,7 @@ def tune_decoder(out: Path, seed: int, steps: int, batch: int, log: dict) -> Non
             mean, logvar = encoder(video).chunk(2, dim=1)
             z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn(mean.shape, generator=generator)
         recon = decoder(z)
-        weight = _object_weight(video)
-        error = recon - video
-        rec = (weight * (error.abs() + error.pow(2))).mean() / weight.mean()
+        rec = reconstruction_loss(recon, video)
         optimizer.zero_grad(set_to_none=True)
         rec.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
