@@ -152,9 +152,7 @@ def test_missing_or_empty_prompt_file_is_one_clear_error(tmp_path, content, code
 
 
 def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("one fish\ntwo fish\nred fish\n", encoding="utf-8")
-    out = tmp_path / "out"
+    prompts, out = _three_fish(tmp_path), tmp_path / "out"
     cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *SLOW, "--out", str(out)]
     proc = _start_and_wait_for_first_output(cmd, out)
     proc.send_signal(signal.SIGKILL)
@@ -174,7 +172,14 @@ def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path)
     assert sorted(s["seed"] for s in sidecars) == [0, 1, 2]
 
 
+def _three_fish(tmp_path: Path) -> Path:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one fish\ntwo fish\nred fish\n", encoding="utf-8")
+    return prompts
+
+
 def _start_and_wait_for_first_output(cmd: list[str], out: Path) -> subprocess.Popen:
+    """Start a batch (SIGINT as in a terminal) and return once its first video is published."""
     proc = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal
     )
@@ -188,9 +193,7 @@ def _start_and_wait_for_first_output(cmd: list[str], out: Path) -> subprocess.Po
 
 
 def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("one fish\ntwo fish\nred fish\n", encoding="utf-8")
-    out = tmp_path / "out"
+    prompts, out = _three_fish(tmp_path), tmp_path / "out"
     cmd = [sys.executable, "-m", "cogvid", "batch", str(prompts), *SLOW, "--out", str(out)]
     proc = _start_and_wait_for_first_output(cmd, out)
     proc.send_signal(signal.SIGINT)
