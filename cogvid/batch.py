@@ -161,7 +161,7 @@ def _size_field(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        from cogvid.request import parse_size
+        from cogvid.spec import parse_size
 
         return parse_size(value)
     integers = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)

@@ -21,7 +21,7 @@ from cogvid.config import instantiate
 from cogvid.errors import DeviceError, MissingFileError, UsageError
 from cogvid.lora import LoraSpec, apply_loras_, check_fit, load_loras
 from cogvid.registry import check_weight_part
-from cogvid.request import ModelSpec
+from cogvid.spec import ModelSpec
 
 OFS_VALUE = 2.0  # sample_video (1.5-I2V) passes ofs = [2.0]
 

@@ -24,7 +24,7 @@ from cogvid.engine import VideoDiffusionEngine, WeightPaths, weight_paths_from_c
 from cogvid.errors import Cancelled, UsageError
 from cogvid.lora import LoraSpec, parse_specs
 from cogvid.registry import ModelEntry, default_model_name, get_model
-from cogvid.request import ModelSpec, check_frames, check_size, spec_from_config
+from cogvid.spec import ModelSpec, check_frames, check_size, spec_from_config
 
 
 @dataclass(frozen=True)

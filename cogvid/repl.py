@@ -141,7 +141,7 @@ def parse_setting(key: str, text: str) -> Any:
     Only the form is checked here; whether the model accepts it (frame counts, sizes, sampler
     names, step limits) is checked by the session against the loaded model.
     """
-    from cogvid.request import parse_size
+    from cogvid.spec import parse_size
 
     if key not in SETTING_KEYS:
         close = difflib.get_close_matches(key, SETTING_KEYS, n=1, cutoff=0.5)

@@ -197,7 +197,7 @@ def run_batch(
     from cogvid.errors import Cancelled, CogvidError, GenerationError
     from cogvid.image import load_image
     from cogvid.pipeline import load, resolve_model, validate_request
-    from cogvid.request import parse_size
+    from cogvid.spec import parse_size
 
     started = time.perf_counter()
     rank, world_size, local_rank = rank_info()

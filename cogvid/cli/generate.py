@@ -57,7 +57,7 @@ def run_generation(
     lora: Sequence[str] = (),
 ) -> None:
     """Load the model once, generate ``num_videos`` videos, write each atomically with its sidecar."""
-    from cogvid.request import parse_size
+    from cogvid.spec import parse_size
 
     height = width = None
     if size is not None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from cogvid.pipeline import ResolvedModel, VideoPipeline
     from cogvid.registry import ModelEntry
     from cogvid.repl import CancelFlag, Command, Settings
-    from cogvid.request import ModelSpec
+    from cogvid.spec import ModelSpec
 
 EXAMPLES = """\
 Examples:
@@ -461,7 +461,7 @@ def repl(
     """
     from cogvid.pipeline import resolve_model
     from cogvid.repl import Settings, parse_seed
-    from cogvid.request import parse_size
+    from cogvid.spec import parse_size
 
     settings = Settings(
         steps=steps,

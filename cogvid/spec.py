@@ -1,4 +1,4 @@
-"""What a generation request may ask of a model, checked before any heavy work.
+"""What a model can make (frame counts, sizes, defaults), read from its configuration and checked before any heavy work.
 
 Frame counts and sizes follow each CogVideoX generation (REFERENCE §2, §7):
 - 1.0 (2B, 5B, 5B-I2V): 8k+1 pixel frames (latents (F-1)/4+1, odd), at most the table size of the
