@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cogvid.errors import CheckpointError, MissingFileError
+from cogvid.spec import Generation
 
 if TYPE_CHECKING:
     from cogvid.dit.model import DiffusionTransformer
@@ -169,20 +170,24 @@ def describe_dit_state(state: Mapping[str, torch.Tensor]) -> str:
     hidden = int(qkv.shape[1])
     layers = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
     if patch.dim() == 4:  # 1.0 Conv2d (H, C_in, p, p)
-        in_channels, generation = int(patch.shape[1]), "1.0"
+        in_channels, generation = int(patch.shape[1]), Generation.V1_0
     else:  # 1.5 Linear (H, C_in * pt * p * p)
-        in_channels, generation = int(patch.shape[1]) // 8, "1.5"
+        in_channels, generation = int(patch.shape[1]) // 8, Generation.V1_5
     has_ofs = "ofs_embed.0.weight" in state
     lora = any(".matrix_A." in k for k in state)
-    if generation == "1.0":
-        if hidden == 1920:
-            name = "cogvideox-2b"
-        elif in_channels == 32:
-            name = "cogvideox-5b-i2v"
-        else:
-            name = "cogvideox-5b"
+    final = state.get("mixins.final_layer.linear.weight")
+    patch_inputs = int(patch[0].numel())  # C_in * p * p (1.0) or C_in * pt * p * p (1.5)
+    # I2V DiTs take twice the channels they predict (noise + image latents).
+    image_input = has_ofs or (final is not None and patch_inputs > int(final.shape[0]))
+    if generation is Generation.V1_0 and hidden == 1920 and not image_input:
+        name = "cogvideox-2b"
+    elif generation is Generation.V1_0 and hidden == 3072:
+        name = "cogvideox-5b-i2v" if image_input else "cogvideox-5b"
+    elif generation is Generation.V1_5 and hidden == 3072:
+        name = "cogvideox1.5-5b-i2v" if image_input else "cogvideox1.5-5b"
     else:
-        name = "cogvideox1.5-5b-i2v" if in_channels == 32 or has_ofs else "cogvideox1.5-5b"
+        kind = "image-to-video" if image_input else "text-to-video"
+        name = f"a CogVideoX {generation}-style {kind} DiT of no released size"
     details = f"hidden size {hidden}, {layers} layers, in-channels {in_channels}, patch weight {tuple(patch.shape)}"
     details += ", ofs embedding" if has_ofs else ""
     details += ", LoRA" if lora else ""

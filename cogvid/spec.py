@@ -10,6 +10,7 @@ Frame counts and sizes follow each CogVideoX generation (REFERENCE §2, §7):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from cogvid.errors import UsageError
@@ -18,11 +19,26 @@ TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
 
 
+class Generation(str, Enum):
+    """A CogVideoX release family: it decides frame rules, image preprocessing and the VAE decode."""
+
+    V1_0 = "1.0"  # CogVideoX-2B, -5B, -5B-I2V
+    V1_5 = "1.5"  # CogVideoX1.5-5B, -5B-I2V
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of_patch_size(cls, patch_size: Any) -> Generation:
+        """1.0 DiTs have an int patch size; 1.5 DiTs a (time, height, width) patch."""
+        return cls.V1_0 if isinstance(patch_size, int) else cls.V1_5
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Facts about a model that decide which requests are valid (read from its merged config)."""
 
-    generation: str  # "1.0" or "1.5"
+    generation: Generation
     task: str  # "t2v" or "i2v"
     max_frames: int  # pixel frames
     latent_height: int  # the config's latent grid (the training size for 1.0)
@@ -38,12 +54,12 @@ class ModelSpec:
 
     @property
     def frame_step(self) -> int:
-        return 8 if self.generation == "1.0" else 16
+        return 8 if self.generation is Generation.V1_0 else 16
 
     def latent_frames(self, pixel_frames: int) -> int:
         """Latent frames the sampler works on for ``pixel_frames`` (1.5 adds one padding latent)."""
         latents = (pixel_frames - 1) // TEMPORAL_COMPRESSION + 1
-        return latents if self.generation == "1.0" else latents + 1
+        return latents if self.generation is Generation.V1_0 else latents + 1
 
     def valid_frames(self) -> list[int]:
         return list(range(self.frame_step + 1, self.max_frames + 1, self.frame_step))
@@ -51,20 +67,20 @@ class ModelSpec:
     def decode_schedule(self, original_frames: bool = True) -> str | None:
         """The VAE decode schedule for ``--original-frames`` (None: the model's own, as the original)
         or ``--diffusers-frames`` ("1.5-diffusers": 81 frames for 81 on 1.5; 1.0 decodes alike)."""
-        return None if self.generation == "1.0" or original_frames else "1.5-diffusers"
+        return None if self.generation is Generation.V1_0 or original_frames else "1.5-diffusers"
 
 
 def spec_from_config(cfg: Any, task: str | None = None, default_fps: int | None = None) -> ModelSpec:
     """Derive a ModelSpec from a merged ``{model, args}`` config."""
     net = cfg.model.network_config.params
     patch = net.patch_size
-    generation = "1.0" if isinstance(patch, int) else "1.5"
+    generation = Generation.of_patch_size(patch)
     args = cfg.get("args", {}) or {}
     if task is None:
         task = "i2v" if args.get("image2video", False) or int(net.in_channels) > int(net.out_channels) else "t2v"
     latent_h, latent_w = int(net.latent_height), int(net.latent_width)
     num_frames = int(net.num_frames)
-    if generation == "1.0":
+    if generation is Generation.V1_0:
         max_frames = num_frames
         default_frames = (int(args.get("sampling_num_frames", (num_frames - 1) // 4 + 1)) - 1) * 4 + 1
         default_h, default_w = latent_h * SPATIAL_COMPRESSION, latent_w * SPATIAL_COMPRESSION
@@ -86,7 +102,7 @@ def spec_from_config(cfg: Any, task: str | None = None, default_fps: int | None 
         max_frames=max_frames,
         latent_height=latent_h,
         latent_width=latent_w,
-        fixed_size=generation == "1.0",
+        fixed_size=generation is Generation.V1_0,
         default_height=default_h,
         default_width=default_w,
         default_frames=default_frames,

@@ -20,12 +20,12 @@ from torch import nn
 from cogvid.checkpoint import check_keys
 from cogvid.config import instantiate
 from cogvid.errors import CheckpointError, ConfigError, MissingFileError, UsageError
+from cogvid.spec import Generation
 from cogvid.vae.coders import Decoder3D, Encoder3D
 from cogvid.vae.layers import ConvCache, FirstFrame, keeps_first_frame
 
 ProgressCallback = Callable[[int, int], None]
 
-GENERATIONS = ("1.0", "1.5")
 SCHEDULES = ("1.0", "1.5", "1.5-diffusers", "whole")
 
 
@@ -147,12 +147,14 @@ class VideoAutoencoder(nn.Module):
         cp_size: int = 0,
         ckpt_path: Optional[str] = None,
         ignore_keys: list = (),
-        generation: str = "1.0",
+        generation: str | Generation = Generation.V1_0,
     ) -> None:
         super().__init__()
-        if generation not in GENERATIONS:
-            raise ConfigError(f"unknown VAE generation {generation!r}", hint=f"use one of: {', '.join(GENERATIONS)}")
-        self.generation = generation
+        try:
+            self.generation = Generation(generation)
+        except ValueError:
+            known = ", ".join(g.value for g in Generation)
+            raise ConfigError(f"unknown VAE generation {generation!r}", hint=f"use one of: {known}") from None
         self.cp_size = cp_size
         self.ignore_keys = tuple(ignore_keys)
         with torch.device("meta"):
@@ -196,7 +198,7 @@ class VideoAutoencoder(nn.Module):
 
     def encoder_first_frame(self) -> FirstFrame:
         # v1.0 keeps the first frame when the frame count is odd; HEAD always does (same for 1 or 4k+1 frames).
-        return "odd" if self.generation == "1.0" else "always"
+        return "odd" if self.generation is Generation.V1_0 else "always"
 
     @torch.no_grad()
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +218,7 @@ class VideoAutoencoder(nn.Module):
     # ------------------------------------------------------------------ decode
 
     def default_schedule(self) -> str:
-        return self.generation
+        return self.generation.value
 
     @torch.no_grad()
     def decode(

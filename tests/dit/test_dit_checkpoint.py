@@ -101,7 +101,7 @@ def test_missing_and_unexpected_keys_name_the_model_the_file_looks_like(tmp_path
     message = str(error.value)
     assert "1 missing key(s): transformer.layers.1.mlp.dense_h_to_4h.bias" in message
     assert "1 unexpected key(s): mixins.bogus.weight" in message
-    assert "looks like cogvideox1.5-5b-i2v (hidden size 128, 2 layers, in-channels 8" in message
+    assert "looks like a CogVideoX 1.5-style image-to-video DiT of no released size (hidden size 128, 2 layers, in-channels 8" in message
 
 
 def test_wrong_model_is_reported_with_shapes_and_counts(tmp_path):
@@ -112,7 +112,7 @@ def test_wrong_model_is_reported_with_shapes_and_counts(tmp_path):
     assert "1 missing key(s): mixins.pos_embed.pos_embedding" in message
     assert "mixins.patch_embed.proj.weight (128, 4, 2, 2) (expected (128, 8, 2, 2))" in message
     assert "looks like cogvideox-2b" not in message  # hidden 128 is not the real 2B's 1920
-    assert "looks like cogvideox-5b (hidden size 128" in message
+    assert "looks like a CogVideoX 1.0-style text-to-video DiT of no released size (hidden size 128" in message
 
 
 def test_check_keys_lists_a_few_and_counts_the_rest():

@@ -61,7 +61,7 @@ def test_inspect_reports_rank_layers_and_fit(base_and_lora):
     # per layer: qkv 3 x (A (r, H) + B (H, r)), dense 1 x the same; H = 128
     assert info["parameters"] == 2 * 4 * (RANK * 128 * 2)
     assert info["dtype"] == "float32" and info["hidden_size"] == 128
-    assert info["fits"] == ["test-tiny"] and info["trained_on"].startswith("cogvideox-5b (hidden size 128, 2 layers")
+    assert info["fits"] == ["test-tiny"] and info["trained_on"].startswith("a CogVideoX 1.0-style text-to-video DiT of no released size (hidden size 128, 2 layers")
 
     text = runner.invoke(app, ["lora", "inspect", str(lora)])
     assert text.exit_code == 0 and "rank 4" in text.stdout and "test-tiny" in text.stdout
