@@ -3,7 +3,7 @@
 Writes a random fp16 checkpoint with the real 2B DiT keys and shapes (~3.5 GB, in a temporary
 folder deleted afterwards), then measures in fresh subprocesses:
 
-(a) ``cogvid.checkpoint.load_dit`` (meta build, mmap, assign), and
+(a) ``cogvid.dit.load_dit`` (meta build, mmap, assign), and
 (b) the original's path: build the model (random init), ``.half()``, ``torch.load`` the whole
     file, ``load_state_dict`` (SAT's ``load_checkpoint``).
 
@@ -66,7 +66,7 @@ def _checksum(model) -> float:  # noqa: ANN001
 def measure_cogvid(folder: Path) -> dict:
     import torch
 
-    from cogvid.checkpoint import load_dit
+    from cogvid.dit import load_dit
 
     start = time.perf_counter()
     model = load_dit(_network_config(), folder, dtype=torch.float16, device="cpu")

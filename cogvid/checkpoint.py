@@ -16,25 +16,17 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from cogvid.errors import CheckpointError, MissingFileError
+from cogvid.layout import LAYOUT_HINT, MODEL_STATES, resolve_checkpoint_file
 from cogvid.spec import Generation
-
-if TYPE_CHECKING:
-    from cogvid.dit.model import DiffusionTransformer
 
 DIT_PREFIX = "model.diffusion_model."
 TEXT_PREFIX = "conditioner."
 VAE_PREFIX = "first_stage_model."
-MODEL_STATES = "mp_rank_00_model_states.pt"
-
-LAYOUT_HINT = (
-    "a SAT checkpoint folder holds a text file 'latest' (an iteration number such as 1000, or 'release') "
-    f"and '<iteration>/{MODEL_STATES}', e.g. transformer/latest + transformer/1000/{MODEL_STATES}"
-)
 
 _SHOWN = 5  # how many key names an error lists
 
@@ -88,39 +80,6 @@ def _few(keys: list[str]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Reading
-
-
-def resolve_checkpoint_file(folder: Path | str) -> Path:
-    """The ``mp_rank_00_model_states.pt`` file a SAT folder points at (through ``latest``).
-
-    A path to a ``.pt`` file is returned as is (after checking that it exists).
-    """
-    folder = Path(folder).expanduser()
-    if folder.is_file():
-        return folder
-    if not folder.exists():
-        raise MissingFileError(f"checkpoint folder {folder} does not exist", hint=LAYOUT_HINT)
-    latest = folder / "latest"
-    if not latest.is_file():
-        raise MissingFileError(f"{folder} has no 'latest' file, so it is not a SAT checkpoint folder", hint=LAYOUT_HINT)
-    try:
-        tag = latest.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {latest}: {e}", hint=LAYOUT_HINT) from e
-    if tag != "release":
-        try:
-            iteration = int(tag)
-        except ValueError:
-            iteration = 0
-        if iteration <= 0:
-            raise CheckpointError(
-                f"{latest} holds {tag[:40]!r}; expected a positive iteration number or 'release'", hint=LAYOUT_HINT
-            )
-        tag = str(iteration)
-    path = folder / tag / MODEL_STATES
-    if not path.is_file():
-        raise MissingFileError(f"{latest} points at iteration {tag!r}, but {path} does not exist", hint=LAYOUT_HINT)
-    return path
 
 
 def read_state_dict(path_or_folder: Path | str) -> dict[str, torch.Tensor]:
@@ -192,40 +151,6 @@ def describe_dit_state(state: Mapping[str, torch.Tensor]) -> str:
     details += ", ofs embedding" if has_ofs else ""
     details += ", LoRA" if lora else ""
     return f"{name} ({details})"
-
-
-# --------------------------------------------------------------------------------------------
-# Loading the DiT
-
-
-def load_dit(
-    network_config: Any,
-    folder: Path | str,
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str = "cpu",
-) -> DiffusionTransformer:
-    """Build the DiT of ``network_config`` on the meta device and assign the checkpoint's weights.
-
-    No random initialisation happens: parameters are created on ``meta``, the memory-mapped
-    checkpoint tensors are cast to ``dtype``/``device`` and assigned, and the tables the
-    original recomputes (sin-cos / RoPE) are computed. Keys are checked strictly
-    (CheckpointError on mismatch); T5/VAE keys of full-engine files are ignored.
-    """
-    from cogvid.dit.model import build_dit  # imports SAT: only when a DiT is really built
-
-    model = build_dit(network_config, dtype=dtype, device="meta")
-    state = split_engine_state(read_state_dict(folder))["dit"]
-    source = resolve_checkpoint_file(folder)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    optional = model.optional_state_keys()
-    looks_like = describe_dit_state(state) if state else "no DiT at all (no 'model.diffusion_model.' keys)"
-    check_keys(expected, state, what=f"DiT ({model.describe()})", source=source, optional=optional, looks_like=looks_like)
-    device = torch.device(device)
-    assigned = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k in expected}
-    model.assign_state_(assigned)
-    model.materialize_derived_(device=device, dtype=dtype)
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,24 +1,50 @@
-"""The one place that turns user device and dtype strings into torch objects."""
+"""The one place that turns user device and dtype strings into torch objects (the one dtype table).
+
+torch is imported inside the functions that need it, so the names can be checked without it.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cogvid.errors import DeviceError, UsageError
 
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
+if TYPE_CHECKING:
+    import torch
+
+#: Every dtype name a user or a YAML may write -> cogvid's short name.
+DTYPE_ALIASES: dict[str, str] = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_TORCH_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``fp32``/``float32``/... -> the torch dtype (UsageError for an unknown name)."""
+    import torch
+
+    if name not in DTYPE_ALIASES:
+        raise UsageError(f"unknown dtype {name!r}", hint="use fp32, fp16 or bf16")
+    return getattr(torch, _TORCH_NAMES[DTYPE_ALIASES[name]])
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype -> its short name (``fp32``, ``fp16``, ``bf16``), or str(dtype) for any other."""
+    for short, torch_name in _TORCH_NAMES.items():
+        if str(dtype) == f"torch.{torch_name}":
+            return short
+    return str(dtype)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` (or None) is CUDA when present, else CPU; ``cuda:N`` must exist."""
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -41,10 +67,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, model_dtype: str, device: torch.device) -> torch.dtype:
     """The run dtype: explicit, else the model's (fp16/bf16) on GPU and float32 on CPU."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return DTYPES[model_dtype] if device.type != "cpu" else torch.float32
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}", hint="use fp32, fp16 or bf16")
-    return DTYPES[dtype]
+        return torch_dtype(model_dtype) if device.type != "cpu" else torch.float32
+    return torch_dtype(dtype)

@@ -20,55 +20,10 @@ from torch import nn
 from cogvid.config import instantiate
 from cogvid.errors import DeviceError, MissingFileError, UsageError
 from cogvid.lora import LoraSpec, apply_loras_, check_fit, load_loras
-from cogvid.registry import check_weight_part
+from cogvid.registry import WeightPaths
 from cogvid.spec import ModelSpec
 
 OFS_VALUE = 2.0  # sample_video (1.5-I2V) passes ofs = [2.0]
-
-
-@dataclass(frozen=True)
-class WeightPaths:
-    """Where the three parts of a model are read from."""
-
-    transformer: Path
-    vae: Path
-    t5: Path
-
-    def check(self, model_label: str) -> None:
-        """MissingFileError listing every missing part and the layout cogvid expects."""
-        statuses = [check_weight_part(part, path) for part, path in
-                    (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
-        missing = [s for s in statuses if not s.found]
-        if not missing:
-            return
-        lines = "; ".join(f"{s.part}: {s.problem}" for s in missing)
-        raise MissingFileError(
-            f"weights of {model_label} not found ({lines})",
-            hint=(
-                "expected layout: transformer/latest + transformer/<iteration>/mp_rank_00_model_states.pt, "
-                "vae/3d-vae.pt, t5-v1_1-xxl/ (config.json, weights, spiece.model); "
-                "`cogvid models show NAME` prints the paths and where to download them"
-            ),
-        )
-
-
-def weight_paths_from_config(cfg: DictConfig, base: Path | None = None) -> WeightPaths:
-    """Paths named inside an original-style config (``args.load``, the VAE ``ckpt_path``, T5 ``model_dir``)."""
-    root = base or Path.cwd()
-
-    def resolve(value: Any, what: str) -> Path:
-        if value in (None, ""):
-            raise UsageError(f"the configuration does not say where the {what} is", hint="pick a model with --model, or set the path in your YAML")
-        path = Path(str(value)).expanduser()
-        return path if path.is_absolute() else root / path
-
-    model = cfg.model
-    t5 = model.conditioner_config.params.emb_models[0].params.model_dir
-    return WeightPaths(
-        transformer=resolve(cfg.get("args", {}).get("load"), "transformer checkpoint (args.load)"),
-        vae=resolve(model.first_stage_config.params.get("ckpt_path"), "VAE checkpoint (first_stage_config.params.ckpt_path)"),
-        t5=resolve(t5, "T5 folder (conditioner ... model_dir)"),
-    )
 
 
 class DiTWrapper(nn.Module):
@@ -135,7 +90,7 @@ class VideoDiffusionEngine(nn.Module):
         ``lora``: SAT LoRA checkpoints merged into the DiT's attention weights right after loading
         (each with its scale; see :mod:`cogvid.lora`).
         """
-        from cogvid.checkpoint import load_dit
+        from cogvid.dit import load_dit
 
         paths.check(model_label)
         if spec.model_dtype == "bf16" and dtype == torch.float16:

@@ -23,10 +23,14 @@ class GenerationError(CogvidError):
     exit_code = 1
 
 
-class UsageError(CogvidError):
-    """A bad argument or option value."""
+class UsageError(CogvidError, ValueError):
+    """A bad argument or option value (also a ValueError, for Python callers)."""
 
     exit_code = 2
+
+
+class ArgumentTypeError(UsageError, TypeError):
+    """An argument of the wrong type (also a TypeError, for Python callers)."""
 
 
 class ConfigError(UsageError):

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cogvid.errors import ConfigError, UsageError
+from cogvid.errors import CogvidError, ConfigError, MissingFileError, UsageError
+from cogvid.layout import resolve_checkpoint_file
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 WEIGHTS_ENV = "COGVID_WEIGHTS"
 MODELS_ENV = "COGVID_MODELS"
@@ -97,6 +101,11 @@ class ModelEntry:
         base = self.model_dir(root)
         return {part: base / rel for part, rel in self.weights.items()}
 
+    def paths(self, root: str | Path | None = None) -> WeightPaths:
+        """The three weight parts' locations as a :class:`WeightPaths`."""
+        parts = self.weight_paths(root)
+        return WeightPaths(parts["transformer"], parts["vae"], parts["t5"])
+
     def weight_status(self, root: str | Path | None = None) -> list[WeightStatus]:
         """Found / missing for each weight part, checked cheaply (file layout only)."""
         return [check_weight_part(part, path) for part, path in self.weight_paths(root).items()]
@@ -119,16 +128,12 @@ class ModelEntry:
 def check_weight_part(part: str, path: Path) -> WeightStatus:
     """Whether a weight part is present in the expected layout (no file is opened beyond `latest`)."""
     if part == "transformer":
-        latest = path / "latest"
-        if not latest.is_file():
-            return WeightStatus(part, path, False, f"no {latest}")
+        if not (path / "latest").is_file():
+            return WeightStatus(part, path, False, f"no {path / 'latest'}")
         try:
-            tag = latest.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            return WeightStatus(part, path, False, f"cannot read {latest}: {e}")
-        state = path / tag / "mp_rank_00_model_states.pt"
-        if not state.is_file():
-            return WeightStatus(part, path, False, f"`latest` says {tag!r} but {state} is missing")
+            resolve_checkpoint_file(path)
+        except CogvidError as e:
+            return WeightStatus(part, path, False, e.message)
         return WeightStatus(part, path, True)
     if part == "t5":
         if not (path / "config.json").is_file():
@@ -221,4 +226,49 @@ def get_model(name: str) -> ModelEntry:
     raise UsageError(
         f"unknown model {name!r}",
         hint=f"{hint}`cogvid models list` shows the known models: {', '.join(models)}",
+    )
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Where the three parts of a model are read from."""
+
+    transformer: Path
+    vae: Path
+    t5: Path
+
+    def check(self, model_label: str) -> None:
+        """MissingFileError listing every missing part and the layout cogvid expects."""
+        statuses = [check_weight_part(part, path) for part, path in
+                    (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
+        missing = [s for s in statuses if not s.found]
+        if not missing:
+            return
+        lines = "; ".join(f"{s.part}: {s.problem}" for s in missing)
+        raise MissingFileError(
+            f"weights of {model_label} not found ({lines})",
+            hint=(
+                "expected layout: transformer/latest + transformer/<iteration>/mp_rank_00_model_states.pt, "
+                "vae/3d-vae.pt, t5-v1_1-xxl/ (config.json, weights, spiece.model); "
+                "`cogvid models show NAME` prints the paths and where to download them"
+            ),
+        )
+
+
+def weight_paths_from_config(cfg: DictConfig, base: Path | None = None) -> WeightPaths:
+    """Paths named inside an original-style config (``args.load``, the VAE ``ckpt_path``, T5 ``model_dir``)."""
+    root = base or Path.cwd()
+
+    def resolve(value: Any, what: str) -> Path:
+        if value in (None, ""):
+            raise UsageError(f"the configuration does not say where the {what} is", hint="pick a model with --model, or set the path in your YAML")
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else root / path
+
+    model = cfg.model
+    t5 = model.conditioner_config.params.emb_models[0].params.model_dir
+    return WeightPaths(
+        transformer=resolve(cfg.get("args", {}).get("load"), "transformer checkpoint (args.load)"),
+        vae=resolve(model.first_stage_config.params.get("ckpt_path"), "VAE checkpoint (first_stage_config.params.ckpt_path)"),
+        t5=resolve(t5, "T5 folder (conditioner ... model_dir)"),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DiffusionTransformer", "build_dit"]
+__all__ = ["DiffusionTransformer", "build_dit", "load_dit"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from math import prod
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +23,13 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
 from cogvid.config import instantiate
+from cogvid.devices import DTYPE_ALIASES, dtype_name, torch_dtype
 from cogvid.dit import positions
 from cogvid.dit._sat import BaseModel, LayerNorm, sat_runtime
 from cogvid.dit.mixins import Basic3DPositionEmbeddingMixin, Rotary3DPositionEmbeddingMixin, _patch_dims
+from cogvid.checkpoint import check_keys, describe_dit_state, read_state_dict, resolve_checkpoint_file, split_engine_state
 from cogvid.errors import ConfigError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 # Keys a checkpoint may or may not hold (REFERENCE §1.1): unused or recomputable.
 _UNUSED_POSITION_TABLE = "transformer.position_embeddings.weight"
@@ -112,7 +113,7 @@ class DiffusionTransformer(BaseModel):
         self.num_layers, self.num_attention_heads = num_layers, num_attention_heads
         self.elementwise_affine = elementwise_affine
         self.interpolation = (height_interpolation, width_interpolation, time_interpolation)
-        self.dtype = DTYPES[dtype]
+        self.dtype = torch_dtype(dtype)
         self.is_v10 = isinstance(self.patch_size, int)
 
         args = argparse.Namespace(**{"hidden_dropout": 0.0, "attention_dropout": 0.0, **dict(transformer_args)})
@@ -288,15 +289,44 @@ class DiffusionTransformer(BaseModel):
 
 def build_dit(network_config: Any, *, dtype: torch.dtype, device: torch.device | str | None = None) -> DiffusionTransformer:
     """Instantiate the DiT of a ``network_config`` node with a torch dtype (and optional device)."""
-    if dtype not in DTYPE_NAMES:
+    name = dtype_name(dtype)
+    if name not in DTYPE_ALIASES:
         raise ConfigError(f"unsupported DiT dtype {dtype}; use one of float32, float16, bfloat16")
-    extra: dict[str, Any] = {"dtype": DTYPE_NAMES[dtype]}
+    extra: dict[str, Any] = {"dtype": name}
     if device is not None:
         extra["device"] = str(device)
     model = instantiate(network_config, **extra)
     if not isinstance(model, DiffusionTransformer):
         raise ConfigError(f"network_config builds {type(model).__name__}, not the CogVideoX DiT")
     return model
+
+
+def load_dit(
+    network_config: Any,
+    folder: Path | str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> DiffusionTransformer:
+    """Build the DiT of ``network_config`` on the meta device and assign the checkpoint's weights.
+
+    No random initialisation happens: parameters are created on ``meta``, the memory-mapped
+    checkpoint tensors are cast to ``dtype``/``device`` and assigned, and the tables the
+    original recomputes (sin-cos / RoPE) are computed. Keys are checked strictly
+    (CheckpointError on mismatch); T5/VAE keys of full-engine files are ignored.
+    """
+    model = build_dit(network_config, dtype=dtype, device="meta")
+    state = split_engine_state(read_state_dict(folder))["dit"]
+    source = resolve_checkpoint_file(folder)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    optional = model.optional_state_keys()
+    looks_like = describe_dit_state(state) if state else "no DiT at all (no 'model.diffusion_model.' keys)"
+    check_keys(expected, state, what=f"DiT ({model.describe()})", source=source, optional=optional, looks_like=looks_like)
+    device = torch.device(device)
+    assigned = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k in expected}
+    model.assign_state_(assigned)
+    model.materialize_derived_(device=device, dtype=dtype)
+    return model.eval()
 
 
 def _layernorm(elementwise_affine: bool) -> Any:
@@ -325,8 +355,8 @@ def _validate(
         raise ConfigError(f"{where}.input_time: only 'adaln' exists in the original, got {input_time!r}")
     if use_swiglu or use_rmsnorm:
         raise ConfigError(f"{where}: use_SwiGLU / use_RMSNorm are not used by any CogVideoX model; remove them")
-    if dtype not in DTYPES:
-        raise ConfigError(f"{where}.dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPE_ALIASES:
+        raise ConfigError(f"{where}.dtype: expected one of {', '.join(DTYPE_ALIASES)}, got {dtype!r}")
     if not isinstance(patch_size, int) and len(patch_size) != 3:
         raise ConfigError(f"{where}.patch_size: expected an int (1.0) or [t, h, w] (1.5), got {patch_size!r}")
     if hidden_size % heads:

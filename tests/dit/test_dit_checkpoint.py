@@ -14,12 +14,12 @@ from fixtures.tiny_dit import random_dit_state, tiny_network_config, write_tiny_
 from cogvid.checkpoint import (
     DIT_PREFIX,
     check_keys,
-    load_dit,
     read_state_dict,
     resolve_checkpoint_file,
     save_checkpoint,
     split_engine_state,
 )
+from cogvid.dit import load_dit
 from cogvid.errors import CheckpointError, MissingFileError
 
 HERE = Path(__file__).resolve().parent

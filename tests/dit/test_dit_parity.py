@@ -12,7 +12,7 @@ import torch
 from fixtures.dit_diffusers import diffusers_rotary, diffusers_transformer
 from fixtures.tiny_dit import TEXT_HIDDEN, TEXT_LENGTH, tiny_network_config, write_tiny_dit
 
-from cogvid.checkpoint import load_dit
+from cogvid.dit import load_dit
 
 pytestmark = pytest.mark.parity
 

@@ -15,7 +15,8 @@ from fixtures.tiny_dit import tiny_network_config, write_tiny_dit
 from fixtures.tiny_lora import write_tiny_lora
 from typer.testing import CliRunner
 
-from cogvid.checkpoint import load_dit, read_state_dict, split_engine_state
+from cogvid.checkpoint import read_state_dict, split_engine_state
+from cogvid.dit import load_dit
 from cogvid.cli.app import app
 from cogvid.registry import get_model
 from cogvid.video import read_video

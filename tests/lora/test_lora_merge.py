@@ -10,7 +10,8 @@ from fixtures.sat_roundtrip import fixed_inputs
 from fixtures.tiny_dit import tiny_network_config, write_tiny_dit
 from fixtures.tiny_lora import write_tiny_lora
 
-from cogvid.checkpoint import load_dit, read_state_dict
+from cogvid.checkpoint import read_state_dict
+from cogvid.dit import load_dit
 from cogvid.lora import LoraSpec, apply_loras_, load_loras, merge_checkpoint, read_lora
 
 RANK = 4

@@ -1,0 +1,377 @@
+"""One video's settings in one object: what to load (:class:`ModelChoice`) and what to make (:class:`GenerationRequest`).
+
+Every entry point builds a request and nothing else: the CLI from its options, ``cogvid batch`` from a
+prompt-file line, the REPL from its settings, the Python API from ``generate()``'s arguments, and
+``--from`` from a sidecar. Construction checks each value's type and range, once, with one message per
+mistake (:class:`~cogvid.errors.UsageError`, which is also a ValueError; a wrong type is an
+:class:`~cogvid.errors.ArgumentTypeError`, also a TypeError). What a value means for a particular model
+(frame rules, sizes, the sampler's table) is checked by :mod:`cogvid.prepare` before any weights load.
+
+The JSON form (:meth:`GenerationRequest.to_json`, schema :data:`SCHEMA_VERSION`) is what a sidecar
+stores under ``"request"``; :meth:`GenerationRequest.from_json` reads it back for ``--from``.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cogvid.devices import DTYPE_ALIASES
+from cogvid.diffusion import MAX_STEPS, SAMPLER_NAMES
+from cogvid.errors import ArgumentTypeError, UsageError
+
+SCHEMA_VERSION = 1
+MAX_SEED = 2**63 - 1
+MAX_FPS = 240
+MAX_VIDEOS = 10_000
+MAX_LORA_SCALE = 10.0  # SAT's own scale is lora_alpha / r; strengths beyond +-10 only saturate the video
+DECODES = ("original", "diffusers")
+LORA_FORMAT_HINT = "write PATH or PATH:SCALE, e.g. ckpts/my-lora:0.8"
+
+
+# --------------------------------------------------------------------------------------------
+# Checks shared by every field
+
+
+def check_text(value: Any, what: str) -> str:
+    """A str that is valid Unicode text (command-line bytes that are not UTF-8 arrive as surrogates)."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{what} must be text, found {type(value).__name__}")
+    bad = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        byte = ord(value[bad]) - 0xDC00 if ord(value[bad]) >= 0xDC80 else None
+        shown = f" (byte 0x{byte:02x} at position {bad})" if byte is not None else f" (at position {bad})"
+        raise UsageError(
+            f"{what} is not valid UTF-8 text{shown}",
+            hint="set your terminal or file to UTF-8, or retype the text",
+        )
+    return value
+
+
+def check_int(value: Any, what: str, minimum: int, maximum: int | None = None) -> int:
+    """An int (not a bool) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{what} must be a whole number, found {_shown(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise UsageError(f"{what} must be {bound}, found {value}")
+    return value
+
+
+def check_number(value: Any, what: str, minimum: float) -> float:
+    """A finite int or float (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{what} must be a number, found {_shown(value)}")
+    if not math.isfinite(value) or value < minimum:
+        raise UsageError(f"{what} must be a finite number of at least {minimum:g}, found {value}")
+    return float(value)
+
+
+def _path(value: Any, what: str) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value.strip():
+        return Path(check_text(value.strip(), what)).expanduser()
+    raise ArgumentTypeError(f"{what} must be a path, found {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def sampler_name(value: str) -> str:
+    """The short name of a sampler given by short name or by its original dotted target."""
+    check_text(value, "the sampler")
+    if value in SAMPLER_NAMES:
+        return value
+    for short, target in SAMPLER_NAMES.items():
+        if value == target:
+            return short
+    close = difflib.get_close_matches(value, list(SAMPLER_NAMES), n=1, cutoff=0.4)
+    raise UsageError(
+        f"unknown sampler {value!r}",
+        hint=f"{f'did you mean {close[0]!r}? ' if close else ''}known samplers: {', '.join(SAMPLER_NAMES)}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to apply: a checkpoint folder (or file) and a strength.
+
+    ``scale`` multiplies the LoRA's own ``lora_alpha / r``: 1.0 runs it as trained, 0.0 is the base.
+    """
+
+    path: Path
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _path(self.path, "a LoRA path"))
+        scale = check_number(self.scale, f"the scale of LoRA {self.path}", -math.inf)
+        if abs(scale) > MAX_LORA_SCALE:
+            raise UsageError(
+                f"LoRA scale {scale:g} is out of range: strengths beyond +-{MAX_LORA_SCALE:g} only saturate the video",
+                hint="use a scale between 0 and 1 (1 = as trained), e.g. --lora ckpts/my-lora:0.8",
+            )
+        object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def parse(cls, text: str | Path | LoraSpec, base_dir: Path | None = None) -> LoraSpec:
+        """``PATH`` or ``PATH:SCALE`` (what follows the last ``:`` is a scale when it is a number and the
+        whole text is not an existing path). A relative PATH is looked up in ``base_dir`` first (a prompt
+        file's folder), then in the current folder."""
+        if isinstance(text, LoraSpec):
+            return text
+        raw = check_text(str(text), "the --lora value").strip()
+        path, sep, tail = raw.rpartition(":")
+        scale: float = 1.0
+        if sep and "/" not in tail and "\\" not in tail and not Path(raw).expanduser().exists():
+            if not path:
+                raise UsageError(f"--lora {raw!r} has no path", hint=LORA_FORMAT_HINT)
+            try:
+                scale = float(tail)
+            except ValueError:
+                raise UsageError(f"--lora {raw!r}: {tail!r} is not a number", hint=LORA_FORMAT_HINT) from None
+            raw = path
+        if not raw:
+            raise UsageError("--lora needs a path", hint=LORA_FORMAT_HINT)
+        located = Path(raw).expanduser()
+        if base_dir is not None and not located.is_absolute() and (base_dir / located).exists():
+            located = base_dir / located
+        return cls(located, scale)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"path", "scale"}`` as a sidecar records it."""
+        return {"path": str(self.path), "scale": self.scale}
+
+    @classmethod
+    def from_json(cls, data: Any) -> LoraSpec:
+        if isinstance(data, str):
+            return cls.parse(data)
+        if not isinstance(data, Mapping) or "path" not in data:
+            raise UsageError(f"a LoRA must be \"PATH[:SCALE]\" or {{\"path\", \"scale\"}}, found {_shown(data)}")
+        return cls(data["path"], data.get("scale", 1.0))
+
+
+def parse_loras(values: Iterable[str | Path | LoraSpec], base_dir: Path | None = None) -> tuple[LoraSpec, ...]:
+    """Every ``--lora`` value (or JSONL/sidecar entry) as a :class:`LoraSpec`."""
+    if isinstance(values, (str, Path)):
+        values = [values]
+    return tuple(LoraSpec.parse(value, base_dir) for value in values)
+
+
+# --------------------------------------------------------------------------------------------
+# What to load
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a request runs on and how it is loaded.
+
+    ``name`` is a registry name (None: the default model, unless ``configs`` name original-style YAMLs);
+    ``weights`` the weights root; ``configs``/``overrides`` extra YAML and ``--set`` values; ``loras`` are
+    merged into the DiT at load time; ``device``/``dtype``/``offload`` decide where it runs.
+    """
+
+    name: str | None = None
+    weights: Path | None = None
+    configs: tuple[Path, ...] = ()
+    overrides: tuple[str, ...] = ()
+    loras: tuple[LoraSpec, ...] = ()
+    device: str = "auto"
+    dtype: str | None = None
+    offload: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            check_text(self.name, "the model name")
+            if not self.name.strip():
+                raise UsageError("the model name is empty", hint="see `cogvid models list`")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", _path(self.weights, "the weights root"))
+        if isinstance(self.configs, (str, Path)):
+            object.__setattr__(self, "configs", (self.configs,))
+        object.__setattr__(self, "configs", tuple(_path(c, "a config file") for c in self.configs))
+        if isinstance(self.overrides, str):
+            object.__setattr__(self, "overrides", (self.overrides,))
+        object.__setattr__(self, "overrides", tuple(check_text(o, "a --set value") for o in self.overrides))
+        object.__setattr__(self, "loras", parse_loras(self.loras))
+        check_text(self.device, "the device")
+        if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPE_ALIASES:
+            raise UsageError(f"unknown dtype {self.dtype!r}", hint="use fp32, fp16 or bf16")
+        if not isinstance(self.offload, bool):
+            raise ArgumentTypeError(f"offload must be true or false, found {_shown(self.offload)}")
+
+    def replace(self, **changes: Any) -> ModelChoice:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights": str(self.weights) if self.weights is not None else None,
+            "configs": [str(c) for c in self.configs],
+            "overrides": list(self.overrides),
+            "loras": [lora.to_json() for lora in self.loras],
+            "device": self.device,
+            "dtype": self.dtype,
+            "offload": self.offload,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelChoice:
+        data = _mapping(data, "request.model", {f.name for f in dataclasses.fields(cls)})
+        values = dict(data)
+        if "loras" in values:
+            values["loras"] = tuple(LoraSpec.from_json(item) for item in _list(values["loras"], "request.model.loras"))
+        for key in ("configs", "overrides"):
+            if key in values:
+                values[key] = tuple(_list(values[key], f"request.model.{key}"))
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# What to make
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Every setting of one video (or ``num_videos`` videos with seeds ``seed``, ``seed + 1``, ...).
+
+    None means "the model's default" (a random seed for ``seed``); :func:`cogvid.prepare.prepare`
+    replaces each None by its value for the model, so a prepared request describes a video exactly.
+    ``decode`` is ``"original"`` (the SAT decode; 1.5 models make 4k+4 frames for 4k+1) or
+    ``"diffusers"``; ``vae_tiling`` decodes in overlapping tiles.
+    """
+
+    prompt: str = ""
+    negative: str = ""
+    image: Path | None = None
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    num_videos: int = 1
+    decode: str = "original"
+    vae_tiling: bool = False
+    model: ModelChoice = field(default_factory=ModelChoice)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        check_text(self.prompt, "the prompt")
+        set_(self, "negative", check_text(self.negative, "the negative prompt"))
+        if self.image is not None:
+            set_(self, "image", _path(self.image, "the image"))
+        if self.frames is not None:
+            check_int(self.frames, "the frame count", 1)
+        if (self.height is None) != (self.width is None):
+            raise UsageError("give both height and width", hint="e.g. --size 480x720")
+        if self.height is not None:
+            check_int(self.height, "the height", 1)
+            check_int(self.width, "the width", 1)
+        if self.fps is not None:
+            check_int(self.fps, "fps", 1, MAX_FPS)
+        if self.steps is not None:
+            check_int(self.steps, "the step count", 1, MAX_STEPS)
+        if self.guidance is not None:
+            set_(self, "guidance", check_number(self.guidance, "the guidance scale", 0.0))
+        if self.sampler is not None:
+            set_(self, "sampler", sampler_name(self.sampler))
+        if self.seed is not None:
+            check_int(self.seed, "the seed", 0, MAX_SEED)
+        check_int(self.num_videos, "the number of videos", 1, MAX_VIDEOS)
+        if self.decode not in DECODES:
+            raise UsageError(f"unknown decode {self.decode!r}", hint=f"use one of: {', '.join(DECODES)}")
+        if not isinstance(self.vae_tiling, bool):
+            raise ArgumentTypeError(f"vae_tiling must be true or false, found {_shown(self.vae_tiling)}")
+        if not isinstance(self.model, ModelChoice):
+            raise ArgumentTypeError(f"model must be a ModelChoice, found {_shown(self.model)}")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(height, width), or None for the model's default."""
+        return None if self.height is None or self.width is None else (self.height, self.width)
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        """A copy with ``changes`` (validated again); ``size=(h, w)`` sets both sides."""
+        if "size" in changes:
+            size = changes.pop("size")
+            changes["height"], changes["width"] = size if size is not None else (None, None)
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The versioned JSON form stored in sidecars (``schema`` first)."""
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "model":
+                value = value.to_json()
+            elif isinstance(value, Path):
+                value = str(value)
+            data[item.name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the request") -> GenerationRequest:
+        """Read :meth:`to_json`'s form back (a UsageError naming the problem when it is not one)."""
+        known = {f.name for f in dataclasses.fields(cls)} | {"schema"}
+        data = _mapping(data, where, known)
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            newer = isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION
+            raise UsageError(
+                f"{where} has request schema {schema!r}; this cogvid reads schema {SCHEMA_VERSION}",
+                hint="upgrade cogvid to replay it" if newer else "is this a cogvid sidecar (its \"request\" field)?",
+            )
+        values = {k: v for k, v in data.items() if k != "schema"}
+        if "model" in values:
+            values["model"] = ModelChoice.from_json(values["model"])
+        return cls(**values)
+
+
+def _mapping(data: Any, where: str, known: set[str]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise UsageError(f"{where} must be a JSON object, found {type(data).__name__}")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise UsageError(
+            f"{where} has unknown field(s) {', '.join(map(repr, unknown))}",
+            hint=f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(sorted(known))}",
+        )
+    return data
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"{where} must be a list, found {type(value).__name__}")
+    return list(value)
+
+
+__all__ = [
+    "DECODES",
+    "MAX_LORA_SCALE",
+    "MAX_SEED",
+    "SCHEMA_VERSION",
+    "GenerationRequest",
+    "LoraSpec",
+    "ModelChoice",
+    "check_int",
+    "check_number",
+    "check_text",
+    "parse_loras",
+    "sampler_name",
+]
