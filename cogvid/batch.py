@@ -1,15 +1,18 @@
-"""Batch generation bookkeeping: prompt files, jobs, resume keys and leftover cleanup.
+"""Batch generation bookkeeping: prompt files as requests, resume keys and leftover cleanup.
 
 A prompt file is either
 * text: one prompt per line; ``prompt@@image`` for image-to-video (the original ``sample_video.py``
-  format); blank lines and lines starting with ``#`` are skipped;
-* JSON Lines (``.jsonl``/``.ndjson``): one object per line with ``prompt`` and optional per-line
-  overrides (``negative``, ``seed``, ``steps``, ``guidance``, ``frames``, ``size``, ``image``,
-  ``num_videos``); blank and ``#`` lines are skipped here too.
-Both are UTF-8 with or without a BOM, with LF or CRLF line ends. A line that cannot run becomes a
-:class:`Job` with ``error`` set (its line number is kept), so a batch reports it and goes on.
+  format); a line that is the path of a cogvid sidecar (``.json``) makes that video again; blank
+  lines and lines starting with ``#`` are skipped;
+* JSON Lines (``.jsonl``/``.ndjson``): one object per line with ``prompt`` (or ``from``: a sidecar)
+  and optional per-line settings (``negative``, ``seed``, ``steps``, ``guidance``, ``frames``,
+  ``size``, ``image``, ``lora``, ``num_videos``); blank and ``#`` lines are skipped here too.
+Both are UTF-8 with or without a BOM, with LF or CRLF line ends. Each line becomes a
+:class:`~cogvid.request.GenerationRequest` built from the command line's (the template); a line that
+cannot run becomes a :class:`Job` with ``error`` set (its line number is kept), so a batch reports
+it and goes on.
 
-Seeds: a job without its own seed gets ``base_seed + line_index`` (0-based line index), so reruns
+Seeds: a line without its own seed gets ``base_seed + line_index`` (0-based line index), so reruns
 are identical and commenting a line out leaves the other seeds alone. Video ``k`` of a job uses
 ``seed + k``. Each video has a key (:func:`job_key`), a hash of everything that decides its pixels;
 it is stored in the sidecar as ``batch_key`` and ``--resume`` skips keys whose video is complete.
@@ -25,20 +28,22 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cogvid.errors import CogvidError, MissingFileError, UsageError
+from cogvid.request import GenerationRequest, parse_loras
+from cogvid.sidecar import read_request
+from cogvid.spec import parse_size
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-JSONL_FIELDS = ("prompt", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")
+JSONL_FIELDS = ("prompt", "from", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")
 JSONL_HINT = 'write {"prompt": "..."} on each line, with optional settings'
 IMAGE_SEPARATOR = "@@"
 SIDECAR_KEY = "batch_key"
 LOCK_NAME = ".cogvid-batch.lock"
-MAX_SEED = 2**63 - 1
 
 # Names the writers in cogvid.video leave behind when a process dies mid-write (SIGKILL):
 # an empty reservation "0007-slug-s42.mp4", a temporary ".0007-slug-s42.1a2b3c4d.tmp.mp4" and a
@@ -49,36 +54,13 @@ _RESERVING_RE = re.compile(r"^\.\d{4,}\.reserving$")
 
 
 @dataclass(frozen=True)
-class JobDefaults:
-    """The command line's generation options: what a line gets unless it overrides them."""
-
-    negative: str = ""
-    seed: int = 0  # base seed: a line without a seed gets seed + its 0-based line index
-    steps: int | None = None
-    guidance: float | None = None
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    num_videos: int = 1
-
-
-@dataclass(frozen=True)
 class Job:
-    """One line of a prompt file: a prompt with its settings, or the reason it cannot run."""
+    """One line of a prompt file: its request, or the reason it cannot run."""
 
     line: int  # 1-based line number in the file
     index: int  # 0-based position among the file's jobs (the sharding index)
-    prompt: str = ""
-    negative: str = ""
-    image: Path | None = None
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    num_videos: int = 1
-    lora: tuple[str, ...] | None = None  # "PATH[:SCALE]" values; None: the command line's --lora
+    text: str  # what the line asks for, for messages and the summary (the prompt, or the sidecar path)
+    request: GenerationRequest | None = None
     error: str | None = None
     hint: str | None = None
 
@@ -86,29 +68,13 @@ class Job:
     def ok(self) -> bool:
         return self.error is None
 
-    def failed(self, error: CogvidError | str, hint: str | None = None) -> Job:
-        """This job marked as unable to run, with the error's message and hint."""
-        if isinstance(error, CogvidError):
-            return dataclasses.replace(self, error=error.message, hint=error.hint)
-        return dataclasses.replace(self, error=error, hint=hint)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What became of one video of a job (or of an invalid line): for the summary and the exit code."""
-
-    line: int
-    prompt: str
-    status: str  # "done", "skipped" (already complete, --resume), "failed", "invalid"
-    path: str | None = None
-    seconds: float = 0.0
-    error: str | None = None
-    video_index: int = 0
-    rank: int = 0
-
     @property
-    def ok(self) -> bool:
-        return self.status in ("done", "skipped")
+    def prompt(self) -> str:
+        return self.request.prompt if self.request is not None else self.text
+
+    def failed(self, error: CogvidError) -> Job:
+        """This job marked as unable to run, with the error's message and hint."""
+        return dataclasses.replace(self, error=error.message, hint=error.hint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,138 +103,94 @@ def _skipped(text: str) -> bool:
     return not stripped or stripped.startswith("#")
 
 
-def _image_path(value: str, base_dir: Path) -> Path:
-    """A relative image path is looked up beside the prompt file first, then in the current folder."""
+def _beside(value: str, base_dir: Path) -> Path:
+    """A relative path is looked up beside the prompt file first, then in the current folder."""
     path = Path(value).expanduser()
     if not path.is_absolute() and (base_dir / path).exists():
         return base_dir / path
     return path
 
 
-def _int_field(data: dict, name: str, minimum: int, maximum: int | None = None) -> int | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name!r} must be an integer, found {json.dumps(value)}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise UsageError(f"{name!r} must be {bound}, found {value}")
-    return value
-
-
-def _size_field(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
+def _size(value: Any) -> tuple[int, int]:
     if isinstance(value, str):
-        from cogvid.spec import parse_size
-
         return parse_size(value)
     integers = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if integers and len(value) == 2:
         return value[0], value[1]
-    raise UsageError(f"'size' must be \"HxW\" or [height, width], found {json.dumps(value)}")
+    raise UsageError(f"must be \"HxW\" or [height, width], found {json.dumps(value)}")
 
 
-def _job_from_object(data: Any, line: int, index: int, defaults: JobDefaults, base_dir: Path) -> Job:
+def _from_sidecar(value: Any, base_dir: Path, template: GenerationRequest) -> GenerationRequest:
+    """The request a sidecar recorded, to run on the batch's model (its LoRAs kept)."""
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"'from' must be the path of a cogvid sidecar (.json), found {json.dumps(value)}")
+    recorded = read_request(_beside(value.strip(), base_dir))
+    batch_model = template.model.name
+    if batch_model is not None and recorded.model.name not in (None, batch_model):
+        raise UsageError(
+            f"{value} was made with {recorded.model.name}; this batch runs {batch_model}",
+            hint=f"run it in a batch with -m {recorded.model.name}",
+        )
+    return recorded.replace(model=template.model.replace(loras=recorded.model.loras))
+
+
+def _job_request(data: Any, line: int, template: GenerationRequest, base_dir: Path) -> GenerationRequest:
+    """A JSONL object as a request: the template (or a sidecar's request), then each field in turn."""
     if not isinstance(data, dict):
         raise UsageError(f"expected a JSON object, found {type(data).__name__}", hint=JSONL_HINT)
     unknown = sorted(set(data) - set(JSONL_FIELDS))
     if unknown:
         names = ", ".join(map(repr, unknown))
         raise UsageError(f"unknown field(s) {names}", hint=f"known fields: {', '.join(JSONL_FIELDS)}")
-    prompt = data.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UsageError("'prompt' is missing or empty", hint=JSONL_HINT)
-    negative = data.get("negative")  # null means "not given", as for every field
-    negative = defaults.negative if negative is None else negative
-    if not isinstance(negative, str):
-        raise UsageError(f"'negative' must be a string, found {json.dumps(negative)}")
-    image = data.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise UsageError(f"'image' must be a path, found {json.dumps(image)}")
-    guidance = data.get("guidance")
-    guidance = defaults.guidance if guidance is None else guidance
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 0):
-        raise UsageError(f"'guidance' must be a number >= 0, found {json.dumps(guidance)}")
-    seed = _int_field(data, "seed", 0, MAX_SEED)
-    steps = _int_field(data, "steps", 1)
-    frames = _int_field(data, "frames", 1)
-    num_videos = _int_field(data, "num_videos", 1)
-    size = _size_field(data.get("size"))
-    height, width = size if size is not None else (defaults.height, defaults.width)
-    lora = _lora_field(data.get("lora"), base_dir)
-    return Job(
-        line=line,
-        index=index,
-        prompt=prompt.strip(),
-        negative=negative,
-        image=_image_path(image.strip(), base_dir) if image is not None else None,
-        seed=seed if seed is not None else defaults.seed + line - 1,
-        steps=steps if steps is not None else defaults.steps,
-        guidance=float(guidance) if guidance is not None else None,
-        frames=frames if frames is not None else defaults.frames,
-        height=height,
-        width=width,
-        num_videos=num_videos if num_videos is not None else defaults.num_videos,
-        lora=lora,
-    )
+    given = {key: value for key, value in data.items() if value is not None}  # null: the command line's value
+    if "from" in given:
+        request = _from_sidecar(given.pop("from"), base_dir, template)
+    else:
+        prompt = given.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError("'prompt' is missing or empty", hint=JSONL_HINT)
+        request = template.replace(seed=(template.seed or 0) + line - 1)
+    for key, value in given.items():
+        try:
+            if key == "prompt":
+                request = request.replace(prompt=value.strip() if isinstance(value, str) else value)
+            elif key == "size":
+                request = request.replace(size=_size(value))
+            elif key == "image":
+                if not isinstance(value, str) or not value.strip():
+                    raise UsageError(f"must be a path, found {json.dumps(value)}")
+                request = request.replace(image=_beside(value.strip(), base_dir))
+            elif key == "lora":
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+                    raise UsageError(f"must be \"PATH[:SCALE]\" or a list of them, found {json.dumps(value)}")
+                request = request.replace(model=request.model.replace(loras=parse_loras(items, base_dir)))
+            else:
+                request = request.replace(**{key: value})
+        except UsageError as e:
+            raise type(e)(f"{key!r}: {e.message}", hint=e.hint) from None
+    return request
 
 
-def _lora_field(value: Any, base_dir: Path) -> tuple[str, ...] | None:
-    """``"PATH[:SCALE]"`` or a list of them (``[]`` for none); relative paths as for images."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
-        raise UsageError(f"'lora' must be \"PATH[:SCALE]\" or a list of them, found {json.dumps(value)}")
-    resolved = []
-    for item in items:
-        path, sep, scale = item.strip().rpartition(":")
-        if not sep or not _is_number(scale):
-            path, scale = item.strip(), ""
-        located = str(_image_path(path, base_dir))
-        resolved.append(f"{located}:{scale}" if scale else located)
-    return tuple(resolved)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _job_from_text(text: str, line: int, index: int, defaults: JobDefaults, base_dir: Path) -> Job:
+def _text_request(text: str, line: int, template: GenerationRequest, base_dir: Path) -> GenerationRequest:
     prompt, image = text.strip(), None
+    if prompt.lower().endswith(".json") and _beside(prompt, base_dir).is_file():
+        return _from_sidecar(prompt, base_dir, template)
     if IMAGE_SEPARATOR in prompt:
         prompt, _, image_text = prompt.rpartition(IMAGE_SEPARATOR)
         prompt, image_text = prompt.strip(), image_text.strip()
         if not image_text:
             raise UsageError("nothing after '@@'", hint="write prompt@@path/to/image.png")
-        image = _image_path(image_text, base_dir)
+        image = _beside(image_text, base_dir)
     if not prompt:
         raise UsageError("the prompt is empty", hint="write prompt@@path/to/image.png")
-    return Job(
-        line=line,
-        index=index,
-        prompt=prompt,
-        negative=defaults.negative,
-        image=image,
-        seed=defaults.seed + line - 1,
-        steps=defaults.steps,
-        guidance=defaults.guidance,
-        frames=defaults.frames,
-        height=defaults.height,
-        width=defaults.width,
-        num_videos=defaults.num_videos,
-    )
+    return template.replace(prompt=prompt, image=image, seed=(template.seed or 0) + line - 1)
 
 
-def parse_prompt_file(path: str | os.PathLike, defaults: JobDefaults = JobDefaults()) -> list[Job]:
+def parse_prompt_file(path: str | os.PathLike, template: GenerationRequest = GenerationRequest()) -> list[Job]:
     """Every prompt line of ``path`` as a Job, in file order; a bad line is a Job with ``error``.
 
+    ``template`` holds the command line's settings; its ``seed`` is the base seed (None: 0).
     MissingFileError (exit 3) when the file is missing, UsageError (exit 2) when it is not UTF-8
     or holds no prompt at all.
     """
@@ -280,18 +202,19 @@ def parse_prompt_file(path: str | os.PathLike, defaults: JobDefaults = JobDefaul
     for number, text in enumerate(lines, start=1):
         if _skipped(text):
             continue
-        index = len(jobs)
+        job = Job(line=number, index=len(jobs), text=text.strip())
         try:
             if jsonl:
                 try:
                     data = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"invalid JSON: {e.msg} (column {e.colno})", hint=JSONL_HINT) from e
-                jobs.append(_job_from_object(data, number, index, defaults, base_dir))
+                job = dataclasses.replace(job, request=_job_request(data, number, template, base_dir))
             else:
-                jobs.append(_job_from_text(text, number, index, defaults, base_dir))
-        except UsageError as e:
-            jobs.append(Job(line=number, index=index, prompt=text.strip(), error=e.message, hint=e.hint))
+                job = dataclasses.replace(job, request=_text_request(text, number, template, base_dir))
+        except CogvidError as e:
+            job = job.failed(e)
+        jobs.append(job)
     if not jobs:
         kind = "JSON objects" if jsonl else "prompts"
         raise UsageError(f"no {kind} in {file}", hint="write one prompt per line (lines starting with # are comments)")
@@ -299,41 +222,33 @@ def parse_prompt_file(path: str | os.PathLike, defaults: JobDefaults = JobDefaul
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation and keys
+# Keys
 
 
-def validate_jobs(
-    jobs: Sequence[Job],
-    check: Callable[[Job], Any],
-    check_image: Callable[[Path], Any] | None = None,
-) -> list[Job]:
-    """Run ``check_image`` and ``check`` (e.g. ``validate_request`` for the model) on every runnable
-    job; a job whose check raises a CogvidError comes back failed with its message and hint."""
-    checked = []
-    for job in jobs:
-        if job.ok:
-            try:
-                if job.image is not None and check_image is not None:
-                    check_image(job.image)
-                check(job)
-            except CogvidError as e:
-                job = job.failed(e)
-        checked.append(job)
-    return checked
+def model_key(request: GenerationRequest, model: str, decode_schedule: str | None) -> str:
+    """What besides a line's settings changes its pixels: the model, its LoRAs, the decode and tiling."""
+    key = model + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in request.model.loras)
+    if decode_schedule is not None:
+        key += f"+decode:{decode_schedule}"
+    return key + ("+vae-tiling" if request.vae_tiling else "")
 
 
-def job_key(job: Job, video_index: int, model: str, sampler: str | None) -> str:
-    """A stable hash of everything that decides a video's pixels (used by ``--resume``)."""
+def job_key(request: GenerationRequest, video_index: int, model: str) -> str:
+    """A stable hash of everything that decides a video's pixels (used by ``--resume``).
+
+    ``request`` is the line's request before the model's defaults are filled in, and ``model`` its
+    :func:`model_key`; the hash is the same as cogvid 0.1's for the same line and settings.
+    """
     fields = {
-        "prompt": job.prompt,
-        "negative": job.negative,
-        "image": str(job.image.resolve()) if job.image is not None else None,
-        "seed": job.seed,
-        "steps": job.steps,
-        "guidance": job.guidance,
-        "frames": job.frames,
-        "size": [job.height, job.width],
-        "sampler": sampler,
+        "prompt": request.prompt,
+        "negative": request.negative,
+        "image": str(request.image.resolve()) if request.image is not None else None,
+        "seed": request.seed,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "frames": request.frames,
+        "size": [request.height, request.width],
+        "sampler": request.sampler,
         "model": model,
         "video_index": video_index,
     }
@@ -438,13 +353,11 @@ __all__ = [
     "JSONL_FIELDS",
     "SIDECAR_KEY",
     "Job",
-    "JobDefaults",
-    "JobResult",
     "claim_output_folder",
     "completed_outputs",
     "job_key",
+    "model_key",
     "parse_prompt_file",
     "partial_outputs",
     "read_lines",
-    "validate_jobs",
 ]

@@ -19,9 +19,10 @@ from torch import nn
 
 from cogvid.config import instantiate
 from cogvid.errors import DeviceError, MissingFileError, UsageError
-from cogvid.lora import LoraSpec, apply_loras_, check_fit, load_loras
+from cogvid.lora import apply_loras_, check_fit, load_loras
 from cogvid.registry import WeightPaths
-from cogvid.spec import ModelSpec
+from cogvid.request import LoraSpec
+from cogvid.spec import Generation, ModelSpec
 
 OFS_VALUE = 2.0  # sample_video (1.5-I2V) passes ofs = [2.0]
 
@@ -109,7 +110,7 @@ class VideoDiffusionEngine(nn.Module):
             network = load_dit(cfg.model.network_config, paths.transformer, dtype=dtype, device=device)
             if loras:
                 report("lora")
-                apply_loras_(network, loras, model_label)
+                apply_loras_(network, loras)
             report("vae")
             first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
             first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
@@ -151,7 +152,7 @@ class VideoDiffusionEngine(nn.Module):
         """
         latent = self.first_stage.encode(image.to(self.device, self.dtype), generator=generator)  # (1, 16, 1, h, w)
         latent = latent * self.scale_factor
-        if self.spec.generation == "1.5":
+        if self.spec.generation is Generation.V1_5:
             latent = latent / self.scale_factor
         latent = latent.permute(0, 2, 1, 3, 4).contiguous()  # (1, 16, 1, h, w) -> (1, 1, 16, h, w)
         padding = latent.new_zeros(latent.shape[0], latent_frames - 1, *latent.shape[2:])
@@ -162,14 +163,13 @@ class VideoDiffusionEngine(nn.Module):
     @property
     def sampler(self) -> Any:
         """The model's configured sampler (``sampler_config``), built fresh."""
-        return self.make_sampler()
+        return self.build_sampler(self.sampler_config)
 
-    def make_sampler(self, name: str | None = None, steps: int | None = None, guidance: float | None = None) -> Any:
-        """The configured sampler, or the one named, with the step count and guidance scale overridden."""
-        from cogvid.diffusion import build_sampler, sampler_config_with
+    def build_sampler(self, sampler_config: Any) -> Any:
+        """The sampler of a ``{target, params}`` node (e.g. a :class:`~cogvid.prepare.SamplerChoice`'s)."""
+        from cogvid.config import instantiate
 
-        node = self.sampler_config if name is None else sampler_config_with(name, self.sampler_config)
-        return build_sampler(node, num_steps=steps, guidance=guidance)
+        return instantiate(sampler_config)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, torch.Tensor], **extra: Any) -> torch.Tensor:
         """The denoiser applied to the wrapped DiT (what the samplers call)."""

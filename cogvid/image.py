@@ -19,12 +19,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from cogvid.errors import MissingFileError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 VAE_SCALE = 8  # pixels per latent cell
 V15_SHORT_SIDE_LATENTS = 96  # 1.5-I2V: the short side is 96 latents (768 px)
@@ -46,7 +49,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             f"cannot read image {file}: not a recognised image format",
             hint="give a PNG, JPEG or WebP image",
         ) from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise MissingFileError(
+            f"image {file} is too large: over {Image.MAX_IMAGE_PIXELS * 2:,} pixels, the most cogvid decodes",
+            hint="scale the image down (the models use at most 1360x768 pixels of it)",
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise MissingFileError(
             f"cannot read image {file}: the file is truncated or corrupt ({e})",
             hint="re-export or re-download the image",
@@ -55,6 +63,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB image -> float32 tensor (3, H, W) in [0, 1] (torchvision's ``ToTensor``)."""
+    import torch
+
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     # (H, W, 3) -> (3, H, W)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
@@ -79,6 +89,8 @@ def prepare_image_v1(image: Image.Image, height: int = 480, width: int = 720) ->
     Bicubic antialiased resize to cover the target, then a center crop (v1.0 uses 480x720).
     Values may overshoot [-1, 1] slightly (bicubic ringing), as in the original: no clamp.
     """
+    import torch.nn.functional as F
+
     _check_size(height, width)
     pixels = to_tensor(image)  # (3, H0, W0)
     new_height, new_width = cover_size(pixels.shape[1], pixels.shape[2], height, width)

@@ -8,6 +8,7 @@ A SAT/DeepSpeed transformer folder looks like::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from cogvid.errors import CheckpointError, MissingFileError
@@ -17,6 +18,10 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 LAYOUT_HINT = (
     "a SAT checkpoint folder holds a text file 'latest' (an iteration number such as 1000, or 'release') "
     f"and '<iteration>/{MODEL_STATES}', e.g. transformer/latest + transformer/1000/{MODEL_STATES}"
+)
+LORA_HINT = (
+    f"pass the folder of a SAT LoRA run (it holds 'latest' and '<iteration>/{MODEL_STATES}' with "
+    "...attention.query_key_value.matrix_A.0 keys), e.g. --lora ckpts/lora-09-09-21-10:0.8"
 )
 
 
@@ -51,3 +56,11 @@ def resolve_checkpoint_file(folder: Path | str) -> Path:
     if not path.is_file():
         raise MissingFileError(f"{latest} points at iteration {tag!r}, but {path} does not exist", hint=LAYOUT_HINT)
     return path
+
+
+def check_lora_folders(paths: Iterable[Path]) -> None:
+    """MissingFileError for the first LoRA checkpoint folder (or file) that is not there; no tensor is read."""
+    for path in paths:
+        if not path.exists():
+            raise MissingFileError(f"LoRA checkpoint {path} does not exist", hint=LORA_HINT)
+        resolve_checkpoint_file(path)

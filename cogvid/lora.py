@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cogvid.checkpoint import DIT_PREFIX, describe_dit_state, read_state_dict, resolve_checkpoint_file, save_checkpoint, split_engine_state
-from cogvid.errors import CheckpointError, MissingFileError, UsageError
+from cogvid.checkpoint import DIT_PREFIX, describe_dit_state, read_state_dict, save_checkpoint, split_engine_state
+from cogvid.errors import CheckpointError, UsageError
+from cogvid.layout import LORA_HINT, resolve_checkpoint_file
+from cogvid.request import LoraSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,63 +44,6 @@ DEFAULT_ALPHA = 1.0  # SAT LoraMixin's lora_alpha default; the released *_lora.y
 _LORA_KEY = re.compile(r"^transformer\.layers\.(\d+)\.attention\.(query_key_value|dense)\.(matrix_A|matrix_B)\.(\d+)$")
 _LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.")
 
-LORA_HINT = (
-    "pass the folder of a SAT LoRA run (it holds 'latest' and '<iteration>/mp_rank_00_model_states.pt' with "
-    "...attention.query_key_value.matrix_A.0 keys), e.g. --lora ckpts/lora-09-09-21-10:0.8"
-)
-
-
-# --------------------------------------------------------------------------------------------
-# What the user asks for
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """One LoRA to apply: a SAT LoRA checkpoint folder (or ``.pt`` file) and a strength.
-
-    ``scale`` multiplies SAT's own ``lora_alpha / r``: 1.0 runs the LoRA as trained, 0.0 is the base.
-    """
-
-    path: Path
-    scale: float = 1.0
-
-    @classmethod
-    def parse(cls, text: str | Path | LoraSpec) -> LoraSpec:
-        """``PATH`` or ``PATH:SCALE`` (the part after the last ``:`` is a scale when it parses as a number)."""
-        if isinstance(text, LoraSpec):
-            return text
-        raw = str(text)
-        path, sep, tail = raw.rpartition(":")
-        scale = 1.0
-        if sep and "/" not in tail and "\\" not in tail and not Path(raw).expanduser().exists():
-            if not path:
-                raise UsageError(f"--lora {raw!r} has no path", hint="write PATH or PATH:SCALE, e.g. ckpts/my-lora:0.8")
-            try:
-                scale = float(tail)
-            except ValueError:
-                raise UsageError(
-                    f"--lora {raw!r}: {tail!r} is not a number", hint="write PATH or PATH:SCALE, e.g. ckpts/my-lora:0.8"
-                ) from None
-            raw = path
-        if not raw:
-            raise UsageError("--lora needs a path", hint="write PATH or PATH:SCALE, e.g. ckpts/my-lora:0.8")
-        if not math.isfinite(scale):
-            raise UsageError(f"--lora {text!r}: the scale must be a finite number", hint="e.g. ckpts/my-lora:0.8")
-        return cls(Path(raw).expanduser(), scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"path", "scale"}`` as recorded in a video's sidecar."""
-        return {"path": str(self.path), "scale": self.scale}
-
-
-def parse_specs(values: Iterable[str | Path | LoraSpec]) -> tuple[LoraSpec, ...]:
-    """Parse ``--lora`` values and check that each checkpoint exists (MissingFileError otherwise)."""
-    specs = tuple(LoraSpec.parse(v) for v in values)
-    for spec in specs:
-        if not spec.path.exists():
-            raise MissingFileError(f"LoRA checkpoint {spec.path} does not exist", hint=LORA_HINT)
-        resolve_checkpoint_file(spec.path)
-    return specs
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,13 +286,13 @@ def _linear(model: nn.Module, layer: int, projection: str) -> nn.Module:
 
 
 @torch.no_grad()
-def apply_loras_(model: nn.Module, loras: Sequence[tuple[LoraWeights, float]], label: str = "the model") -> None:
+def apply_loras_(model: nn.Module, loras: Sequence[tuple[LoraWeights, float]]) -> None:
     """Merge ``(lora, scale)`` pairs into a loaded DiT's attention weights, in place.
 
     Per weight: ``(W.float() + sum of the LoRA deltas).to(W.dtype)`` -- SAT's ``merge_linear_lora``
-    for a single LoRA, and one rounding for several.
+    for a single LoRA, and one rounding for several. Check the fit first (:func:`check_fit`, before the
+    DiT is read).
     """
-    check_fit([lora for lora, _ in loras], int(model.hidden_size), int(model.num_layers), label)
     targets = sorted({key for lora, _ in loras for key in lora.matrices})
     for layer, projection in targets:
         linear = _linear(model, layer, projection)

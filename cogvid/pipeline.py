@@ -1,12 +1,12 @@
-"""VideoPipeline: a loaded engine that turns a request into a Video, emitting progress events.
+"""VideoPipeline: a loaded engine that turns prepared requests into Videos, emitting progress events.
 
-validate -> encode text -> (encode image) -> prepare noise -> sample -> decode -> frames.
-No Typer or rich here: the CLI renders the events.
+encode text -> (encode image) -> prepare noise -> sample -> decode -> frames. The request is resolved
+and checked by :mod:`cogvid.prepare` before anything loads; no Typer or rich here (the CLI renders the
+events).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 from cogvid import __version__
-from cogvid.config import load_config
-from cogvid.devices import DTYPE_NAMES, resolve_device, resolve_dtype
-from cogvid.engine import VideoDiffusionEngine, WeightPaths, weight_paths_from_config
-from cogvid.errors import Cancelled, UsageError
-from cogvid.lora import LoraSpec, parse_specs
-from cogvid.registry import ModelEntry, default_model_name, get_model
-from cogvid.spec import ModelSpec, check_frames, check_size, spec_from_config
+from cogvid.devices import dtype_name, resolve_device, resolve_dtype
+from cogvid.engine import VideoDiffusionEngine
+from cogvid.errors import Cancelled, GenerationError, UsageError
+from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
+from cogvid.request import GenerationRequest, LoraSpec, ModelChoice
+from cogvid.spec import Generation, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -32,15 +31,16 @@ class ProgressEvent:
     """One progress report: a stage starting or ending, a denoising step, or a decoded chunk.
 
     ``kind`` is ``"stage"`` (``stage`` starts), ``"stage_done"`` (with ``seconds``), ``"step"``
-    (``index`` of ``total`` denoising steps done, ``level`` the timestep or sigma) or ``"decode"``
-    (``index`` of ``total`` VAE chunks done).
+    (``index`` of ``total`` denoising steps done, at DDPM ``timestep`` or noise level ``sigma``,
+    whichever the sampler walks) or ``"decode"`` (``index`` of ``total`` VAE chunks done).
     """
 
     kind: str
     stage: str
     index: int = 0
     total: int = 0
-    level: float | None = None
+    timestep: int | None = None
+    sigma: float | None = None
     seconds: float | None = None
 
 
@@ -49,7 +49,11 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 @dataclass
 class Video:
-    """A generated video: uint8 frames (T, H, W, 3), its fps and everything needed to reproduce it."""
+    """A generated video: uint8 frames (T, H, W, 3), its fps and everything needed to reproduce it.
+
+    ``metadata["request"]`` is the prepared request (the sidecar's replayable part); ``latents`` the
+    denoised latents (B, T, C, H/8, W/8) as decoded.
+    """
 
     frames: np.ndarray
     fps: int
@@ -57,7 +61,7 @@ class Video:
     latents: torch.Tensor | None = None
 
     def save(self, path: str | Path, fps: int | None = None) -> Path:
-        """Write the MP4 (atomically, never overwriting) and its JSON sidecar; returns the video path."""
+        """Write the MP4 and its JSON sidecar (both atomically, never overwriting); returns the video path."""
         from cogvid.video import write_sidecar, write_video
 
         fps = fps or self.fps
@@ -65,53 +69,30 @@ class Video:
         write_sidecar(path, {**self.metadata, "fps": fps, "file": path.name})
         return path
 
+    def save_new(self, folder: str | Path, fps: int | None = None) -> Path:
+        """Write under ``folder/<date>/<n>-<slug>-s<seed>.mp4`` (the next free number) with its sidecar."""
+        from cogvid.video import output_path
 
-def _model_dtype_name(entry: ModelEntry | None, spec: ModelSpec) -> str:
-    return entry.dtype if entry is not None else spec.model_dtype
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model's merged configuration and weight paths, known before anything heavy is loaded."""
-
-    name: str
-    entry: ModelEntry | None
-    cfg: DictConfig
-    spec: ModelSpec
-    paths: WeightPaths
-
-
-def resolve_model(
-    model: str | None = None,
-    weights: str | Path | None = None,
-    configs: Sequence[str | Path] = (),
-    overrides: Sequence[str] = (),
-) -> ResolvedModel:
-    """Merge the configuration of a registry model (or of original-style YAMLs) and locate its weights."""
-    if model is None and not configs:
-        model = default_model_name()
-    entry = get_model(model) if model is not None else None
-    files = [*(entry.config_files() if entry else ()), *configs]
-    cfg = load_config(files, overrides, defaults=entry.defaults() if entry else None)
-    spec = spec_from_config(cfg, task=entry.task if entry else None, default_fps=entry.fps if entry else None)
-    if entry is not None:
-        parts = entry.weight_paths(weights)
-        paths = WeightPaths(parts["transformer"], parts["vae"], parts["t5"])
-    else:
-        paths = weight_paths_from_config(cfg)
-    name = entry.name if entry else ", ".join(str(c) for c in configs)
-    return ResolvedModel(name, entry, cfg, spec, paths)
+        path = output_path(folder, str(self.metadata.get("prompt", "")), int(self.metadata.get("seed", 0)))
+        try:
+            return self.save(path, fps=fps)
+        except BaseException:
+            if path.exists() and path.stat().st_size == 0:
+                path.unlink()  # give back the reserved name
+            raise
 
 
 def load(
     model: str | None = None,
     weights: str | Path | None = None,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
     configs: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     lora: Sequence[str | Path | LoraSpec] = (),
     progress: ProgressCallback | None = None,
+    *,
+    offload: bool = False,
     resolved: ResolvedModel | None = None,
 ) -> VideoPipeline:
     """Load a model by registry name (``cogvideox-2b``, ...) or from original-style YAMLs (``configs=``).
@@ -119,51 +100,40 @@ def load(
     Without a name or configs, the embedded demo model ``cogvideox-tiny``. ``weights`` is the
     weights root for registry models. ``device="auto"`` picks CUDA when present; ``dtype``
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
-    folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.lora.LoraSpec`, merged into
-    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``).
+    folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
+    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
+    :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
     """
-    lora_specs = parse_specs(lora)
-    resolved = resolved or resolve_model(model, weights, configs, overrides)
-    run_device = resolve_device(device)
-    run_dtype = resolve_dtype(dtype, _model_dtype_name(resolved.entry, resolved.spec), run_device)
+    if resolved is None:
+        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
+        resolved = resolve_model(choice)
+    choice = resolved.choice
+    run_device = resolve_device(choice.device)
+    run_dtype = resolve_dtype(choice.dtype, resolved.model_dtype, run_device)
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
-        lora=lora_specs,
+        lora=choice.loras,
     )
+    engine.offload = choice.offload
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
-    return VideoPipeline(engine, name=resolved.name, entry=resolved.entry, load_seconds=seconds)
-
-
-def validate_request(
-    spec: ModelSpec, name: str, image: Any, num_frames: int | None, height: int | None, width: int | None
-) -> tuple[int, int, int]:
-    """Check a request against the model before any heavy work; returns (frames, height, width)."""
-    if spec.task == "i2v" and image is None:
-        raise UsageError(f"{name} is an image-to-video model and needs an image", hint="use `cogvid i2v IMAGE PROMPT`")
-    if spec.task == "t2v" and image is not None:
-        raise UsageError(f"{name} is a text-to-video model and takes no image", hint="use `cogvid t2v PROMPT`, or an -i2v model")
-    frames = num_frames if num_frames is not None else spec.default_frames
-    check_frames(spec, frames)
-    if (height is None) != (width is None):
-        raise UsageError("give both height and width", hint="e.g. --size 480x720")
-    if height is None or width is None:
-        height, width = spec.default_height, spec.default_width
-    check_size(spec, height, width)
-    return frames, height, width
+    return VideoPipeline(engine, resolved, load_seconds=seconds)
 
 
 class VideoPipeline:
     """A loaded model ready to generate; keep it to generate many videos without reloading."""
 
-    def __init__(self, engine: VideoDiffusionEngine, name: str, entry: ModelEntry | None = None, load_seconds: float = 0.0) -> None:
+    def __init__(self, engine: VideoDiffusionEngine, resolved: ResolvedModel, load_seconds: float = 0.0) -> None:
         self.engine = engine
-        self.name = name
-        self.entry = entry
+        self.resolved = resolved
         self.load_seconds = load_seconds
+
+    @property
+    def name(self) -> str:
+        return self.resolved.name
 
     @property
     def spec(self) -> ModelSpec:
@@ -173,9 +143,9 @@ class VideoPipeline:
     def config(self) -> DictConfig:
         return self.engine.cfg
 
-    def resolve_request(self, image: Any, num_frames: int | None, height: int | None, width: int | None) -> tuple[int, int, int]:
-        """Validate a request for this model; returns (frames, height, width)."""
-        return validate_request(self.spec, self.name, image, num_frames, height, width)
+    def prepare(self, request: GenerationRequest, picture: Any = None) -> PreparedRequest:
+        """Resolve and check ``request`` for this model (its model choice is this pipeline's)."""
+        return prepare(request.replace(model=self.resolved.choice), self.resolved, picture=picture)
 
     def generate(
         self,
@@ -191,19 +161,33 @@ class VideoPipeline:
         seed: int | None = None,
         latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
-        decode_schedule: str | None = None,
+        decode: str = "original",
         vae_tiling: bool = False,
     ) -> Video:
-        """Generate one video. ``latents`` (B, T, C, h, w) replaces the initial noise; ``callback``
-        receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop between steps."""
+        """Generate one video. ``image`` is a path or a PIL image; ``latents`` (B, T, C, h, w) replaces the
+        initial noise; ``callback`` receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop
+        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81)."""
+        from PIL import Image
+
+        picture = image if isinstance(image, Image.Image) else None
+        request = GenerationRequest(
+            prompt=prompt, negative=negative_prompt, image=None if picture is not None else image,
+            frames=num_frames, height=height, width=width, steps=steps, guidance=guidance, sampler=sampler,
+            seed=seed, decode=decode, vae_tiling=vae_tiling,
+        )
+        return self.run(self.prepare(request, picture=picture), latents=latents, callback=callback, picture=picture)
+
+    def run(
+        self,
+        prepared: PreparedRequest,
+        *,
+        latents: torch.Tensor | None = None,
+        callback: ProgressCallback | None = None,
+        picture: Any = None,
+    ) -> Video:
+        """Make the video of a prepared request (its first, for ``num_videos`` > 1: see ``prepared.videos()``)."""
         report = callback or (lambda event: None)
-        engine, spec = self.engine, self.spec
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError("the prompt is empty", hint="describe the video, e.g. \"a red ball bouncing\"")
-        size_given = height is not None or width is not None
-        frames, height, width = self.resolve_request(image, num_frames, height, width)
-        sampler_obj = engine.make_sampler(sampler, steps, guidance)
-        seed = random.randrange(2**31) if seed is None else int(seed)
+        engine, request = self.engine, prepared.request
         timings: dict[str, float] = {}
 
         def stage(name: str) -> Callable[[], None]:
@@ -216,94 +200,99 @@ class VideoPipeline:
 
             return done
 
-        latent_frames = spec.latent_frames(frames)
+        noise = self._initial_noise(prepared, latents)
         done = stage("text")
-        cond, uncond = engine.encode_text(prompt, negative_prompt)
+        cond, uncond = engine.encode_text(request.prompt, request.negative)
         done()
-        device_generator = torch.Generator(device=engine.device).manual_seed(seed)
-        if image is not None:
+        device_generator = torch.Generator(device=engine.device).manual_seed(request.seed)
+        if request.image is not None or picture is not None:
             done = stage("image")
-            pixels, height, width = self._prepare_image(image, height, width, size_given)
-            image_latents = engine.encode_image(pixels, latent_frames, device_generator)
+            image_latents = engine.encode_image(self._image_pixels(prepared, picture), prepared.latent_frames, device_generator)
             cond = {**cond, "concat": image_latents}
             uncond = {**uncond, "concat": image_latents}
             done()
-        latent_shape = (1, latent_frames, spec.latent_channels, height // 8, width // 8)
-        if latents is not None:
-            if tuple(latents.shape) != latent_shape:
-                raise UsageError(f"latents have shape {tuple(latents.shape)}, this request needs {latent_shape}")
-            noise = latents.to(torch.float32)
-        else:
-            noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+        sampler = engine.build_sampler(prepared.sampler.config)
+        level_kind = getattr(sampler, "level_kind", "sigma")
 
         def on_step(index: int, total: int, level: float) -> None:
-            report(ProgressEvent("step", "denoising", index + 1, total, level=level))
+            where = {"timestep": int(level)} if level_kind == "timestep" else {"sigma": level}
+            report(ProgressEvent("step", "denoising", index + 1, total, **where))
 
         done = stage("denoising")
-        samples = engine.sample(cond, uncond, noise, sampler_obj, generator=device_generator, callback=on_step)
+        samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step)
         done()
+        _require_finite(samples, "the denoised latents", latents is not None)
 
         def on_chunk(index: int, total: int) -> None:
             report(ProgressEvent("decode", "decoding", index + 1, total))
 
         done = stage("decoding")
-        decoded = engine.decode(samples, schedule=decode_schedule, tiling=vae_tiling, callback=on_chunk)
+        decoded = engine.decode(samples, schedule=prepared.decode_schedule, tiling=request.vae_tiling, callback=on_chunk)
         done()
+        _require_finite(decoded, "the decoded frames", latents is not None)
         from cogvid.video import frames_to_uint8
 
         pixels_uint8 = frames_to_uint8(decoded[0])
-        metadata = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
+        metadata = self._metadata(prepared, pixels_uint8, timings)
+        return Video(frames=pixels_uint8, fps=request.fps or self.spec.fps, metadata=metadata, latents=samples)
+
+    def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
+        shape = prepared.latent_shape
+        if latents is None:
+            return torch.randn(shape, generator=torch.Generator().manual_seed(prepared.request.seed), dtype=torch.float32)
+        if not isinstance(latents, torch.Tensor):
+            raise UsageError(f"latents must be a torch.Tensor, found {type(latents).__name__}")
+        if tuple(latents.shape) != shape:
+            raise UsageError(f"latents have shape {tuple(latents.shape)}, this request needs {shape}")
+        if not bool(torch.isfinite(latents).all()):
+            raise UsageError("latents hold NaN or infinite values", hint="pass finite initial noise, e.g. torch.randn(shape)")
+        return latents.to(torch.float32)
+
+    def _image_pixels(self, prepared: PreparedRequest, picture: Any) -> torch.Tensor:
+        """The conditioning image, preprocessed as the original does for this model generation."""
+        from cogvid.image import load_image, prepare_image_v1, prepare_image_v15
+
+        picture = picture if picture is not None else load_image(prepared.request.image)
+        if self.spec.generation is Generation.V1_0:
+            return prepare_image_v1(picture, prepared.height, prepared.width)
+        return prepare_image_v15(picture, prepared.height // 8, prepared.width // 8, fit=prepared.image_fit or "crop")
+
+    def _metadata(self, prepared: PreparedRequest, frames: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+        """The sidecar: the replayable request plus what came out and how long each stage took."""
+        engine, request = self.engine, prepared.request
+        return {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative,
             "model": self.name,
-            "image": str(image) if isinstance(image, (str, Path)) else None,
-            "sampler": sampler or _short_sampler_name(engine.sampler_config.target),
-            "steps": sampler_obj.num_steps,
-            "guidance": _guidance_of(sampler_obj),
-            "seed": seed,
-            "height": int(pixels_uint8.shape[1]),
-            "width": int(pixels_uint8.shape[2]),
-            "frames": int(pixels_uint8.shape[0]),
-            "requested_frames": frames,
-            "latent_frames": latent_frames,
-            "decode": decode_schedule or spec.generation,
-            "vae_tiling": vae_tiling,
-            "dtype": DTYPE_NAMES.get(engine.dtype, str(engine.dtype)),
+            "image": str(request.image) if request.image is not None else None,
+            "sampler": prepared.sampler.name,
+            "steps": prepared.sampler.steps,
+            "guidance": prepared.sampler.guidance,
+            "seed": request.seed,
+            "height": int(frames.shape[1]),
+            "width": int(frames.shape[2]),
+            "frames": int(frames.shape[0]),
+            "requested_frames": request.frames,
+            "latent_frames": prepared.latent_frames,
+            "decode": prepared.decode_schedule or self.spec.generation.value,
+            "vae_tiling": request.vae_tiling,
+            "dtype": dtype_name(engine.dtype),
             "device": str(engine.device),
-            "loras": [spec.to_dict() for spec in engine.loras],
+            "loras": [spec.to_json() for spec in engine.loras],
             "cogvid_version": __version__,
             "timings": {k: round(v, 3) for k, v in timings.items()},
+            "request": request.to_json(),
         }
-        return Video(frames=pixels_uint8, fps=spec.fps, metadata=metadata, latents=samples)
-
-    def _prepare_image(self, image: Any, height: int, width: int, size_given: bool) -> tuple[torch.Tensor, int, int]:
-        """Load and resize the conditioning image as the original does for this model generation."""
-        from PIL import Image
-
-        from cogvid.image import latent_size_v15, load_image, prepare_image_v1, prepare_image_v15
-
-        picture = image if isinstance(image, Image.Image) else load_image(image)
-        if self.spec.generation == "1.0":
-            return prepare_image_v1(picture, height, width), height, width
-        if size_given:
-            return prepare_image_v15(picture, height // 8, width // 8, fit="crop"), height, width
-        latent_h, latent_w = latent_size_v15(picture.width, picture.height)
-        check_size(self.spec, latent_h * 8, latent_w * 8)
-        return prepare_image_v15(picture, latent_h, latent_w), latent_h * 8, latent_w * 8
 
 
-def _short_sampler_name(target: str) -> str:
-    from cogvid.diffusion import SAMPLER_NAMES
-
-    for name, full in SAMPLER_NAMES.items():
-        if full == target:
-            return name
-    return target
-
-
-def _guidance_of(sampler: Any) -> float | None:
-    scale = getattr(getattr(sampler, "guider", None), "scale", None)
-    return float(scale) if isinstance(scale, (int, float)) else None
+def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> None:
+    """GenerationError (exit 1, nothing written) when ``tensor`` holds NaN or infinity."""
+    if bool(torch.isfinite(tensor).all()):
+        return
+    causes = "fp16 overflow (try --dtype bf16 or fp32), a LoRA scale far from 1"
+    if given_latents:
+        causes += ", or the latents passed in"
+    raise GenerationError(f"{what} hold NaN or infinite values", hint=f"likely causes: {causes}; nothing was written")
 
 
-__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model", "validate_request"]
+__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model"]

@@ -17,6 +17,7 @@ import yaml
 
 from cogvid.errors import CogvidError, ConfigError, MissingFileError, UsageError
 from cogvid.layout import resolve_checkpoint_file
+from cogvid.spec import Generation
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -69,7 +70,7 @@ class ModelEntry:
     title: str
     description: str
     task: str
-    generation: str
+    generation: Generation
     parameters: str
     configs: tuple[str, ...]
     height: int
@@ -112,6 +113,26 @@ class ModelEntry:
 
     def weights_found(self, root: str | Path | None = None) -> bool:
         return all(status.found for status in self.weight_status(root))
+
+    def summary(self, root: str | Path | None = None) -> dict[str, Any]:
+        """What ``cogvid models list|show --json`` reports: defaults, weight paths and whether they are found."""
+        statuses = self.weight_status(root)
+        return {
+            "name": self.name,
+            "title": self.title,
+            "task": self.task,
+            "generation": self.generation,
+            "parameters": self.parameters,
+            "height": self.height,
+            "width": self.width,
+            "frames": self.frames,
+            "fps": self.fps,
+            "dtype": self.dtype,
+            "model_dir": str(self.model_dir(root)),
+            "weights_found": all(s.found for s in statuses),
+            "weights": {s.part: {"path": str(s.path), "found": s.found, "problem": s.problem} for s in statuses},
+            "download": self.download,
+        }
 
     def defaults(self) -> dict[str, Any]:
         """The registry's default layer for config merging (lowest precedence)."""
@@ -156,7 +177,7 @@ def _entry(name: str, raw: dict[str, Any], source: Path, config_root: Path | Non
         title=str(raw.get("title", name)),
         description=str(raw.get("description", "")),
         task=raw["task"],
-        generation=str(raw.get("generation", "1.0")),
+        generation=_generation(raw.get("generation", "1.0"), name, source),
         parameters=str(raw.get("parameters", "?")),
         configs=tuple(raw["configs"]),
         height=int(raw["height"]),
@@ -171,6 +192,14 @@ def _entry(name: str, raw: dict[str, Any], source: Path, config_root: Path | Non
         builtin=bool(raw.get("builtin", False)) and config_root is None,
         config_root=str(config_root) if config_root is not None else None,
     )
+
+
+def _generation(value: Any, name: str, source: Path) -> Generation:
+    try:
+        return Generation(str(value))
+    except ValueError:
+        known = ", ".join(g.value for g in Generation)
+        raise ConfigError(f"{source}: models.{name}.generation must be one of {known}, found {value!r}") from None
 
 
 def user_registry_file() -> Path:
@@ -237,11 +266,14 @@ class WeightPaths:
     vae: Path
     t5: Path
 
+    def statuses(self) -> list[WeightStatus]:
+        """Found / missing for each part (file layout only; nothing is read)."""
+        return [check_weight_part(part, path) for part, path in
+                (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
+
     def check(self, model_label: str) -> None:
         """MissingFileError listing every missing part and the layout cogvid expects."""
-        statuses = [check_weight_part(part, path) for part, path in
-                    (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
-        missing = [s for s in statuses if not s.found]
+        missing = [s for s in self.statuses() if not s.found]
         if not missing:
             return
         lines = "; ".join(f"{s.part}: {s.problem}" for s in missing)

@@ -6,7 +6,6 @@ so it can be tested without a terminal. No Typer, rich or prompt_toolkit in this
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import random
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cogvid.errors import Cancelled, UsageError
+from cogvid.request import GenerationRequest
 
 SETTING_KEYS = ("steps", "guidance", "seed", "frames", "size", "fps", "sampler", "negative")
 """What ``/set KEY VALUE`` may change (``/set KEY default`` goes back to the model's value)."""
@@ -165,62 +165,35 @@ def parse_setting(key: str, text: str) -> Any:
     return text  # sampler: checked against the model's sampler table by the session
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the next video is made with; None means the model's default (a random seed for ``seed``)."""
+def with_setting(template: GenerationRequest, key: str, text: str) -> GenerationRequest:
+    """``template`` with setting ``key`` set from ``text`` (see :func:`parse_setting`)."""
+    return template.replace(**{key: parse_setting(key, text)})
 
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    frames: int | None = None
-    size: tuple[int, int] | None = None
-    fps: int | None = None
-    sampler: str | None = None
-    negative: str = ""
-    image: Path | None = None
 
-    def with_setting(self, key: str, text: str) -> Settings:
-        """A copy with ``key`` set from ``text`` (see :func:`parse_setting`)."""
-        return dataclasses.replace(self, **{key: parse_setting(key, text)})
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``VideoPipeline.generate`` (all but the prompt, seed and callback)."""
-        height, width = self.size if self.size is not None else (None, None)
-        return {
-            "image": self.image,
-            "negative_prompt": self.negative,
-            "num_frames": self.frames,
-            "height": height,
-            "width": width,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "sampler": self.sampler,
-        }
-
-    def rows(self, defaults: dict[str, str]) -> list[tuple[str, str]]:
-        """(name, shown value) for ``/show``; unset values show ``defaults[name]`` marked as the model's."""
-        shown = {
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "seed": self.seed,
-            "frames": self.frames,
-            "size": f"{self.size[0]}x{self.size[1]}" if self.size else None,
-            "fps": self.fps,
-            "sampler": self.sampler,
-            "negative": self.negative or None,
-            "image": str(self.image) if self.image else None,
-        }
-        rows = []
-        for name, value in shown.items():
-            if value is not None:
-                rows.append((name, str(value)))
-            elif name == "seed":
-                rows.append((name, "random (a new one per video)"))
-            elif name in defaults:
-                rows.append((name, f"{defaults[name]} (model default)"))
-            else:
-                rows.append((name, "none"))
-        return rows
+def setting_rows(template: GenerationRequest, defaults: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, shown value) for ``/show``; unset values show ``defaults[name]`` marked as the model's."""
+    shown = {
+        "steps": template.steps,
+        "guidance": template.guidance,
+        "seed": template.seed,
+        "frames": template.frames,
+        "size": f"{template.height}x{template.width}" if template.size else None,
+        "fps": template.fps,
+        "sampler": template.sampler,
+        "negative": template.negative or None,
+        "image": str(template.image) if template.image else None,
+    }
+    rows = []
+    for name, value in shown.items():
+        if value is not None:
+            rows.append((name, str(value)))
+        elif name == "seed":
+            rows.append((name, "random (a new one per video)"))
+        elif name in defaults:
+            rows.append((name, f"{defaults[name]} (model default)"))
+        else:
+            rows.append((name, "none"))
+    return rows
 
 
 def draw_seed(avoid: int | None = None) -> int:
@@ -273,7 +246,6 @@ __all__ = [
     "SETTING_KEYS",
     "CancelFlag",
     "Command",
-    "Settings",
     "cancellable",
     "draw_seed",
     "help_lines",
@@ -282,4 +254,6 @@ __all__ = [
     "parse_seed",
     "parse_setting",
     "resolve_command",
+    "setting_rows",
+    "with_setting",
 ]

@@ -363,6 +363,7 @@ def _list(value: Any, where: str) -> list[Any]:
 
 __all__ = [
     "DECODES",
+    "SAMPLER_NAMES",
     "MAX_LORA_SCALE",
     "MAX_SEED",
     "SCHEMA_VERSION",

@@ -65,6 +65,21 @@ def _create_exclusive(path: Path) -> bool:
     return True
 
 
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """UsageError (before any work) when videos cannot be written under ``out_dir``; creates nothing."""
+    folder = Path(out_dir).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"cannot write videos to {folder}: {probe} is a file, not a folder", hint="choose another --out folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write videos to {folder}: {probe} is not writable", hint="choose another --out folder")
+    day = folder / _dt.datetime.now().strftime("%Y-%m-%d")
+    if day.exists() and not (day.is_dir() and os.access(day, os.W_OK | os.X_OK)):
+        raise UsageError(f"cannot write videos to {day}: it is not a writable folder", hint="choose another --out folder")
+
+
 def output_path(
     out_dir: str | os.PathLike, prompt: str, seed: int, ext: str = "mp4", now: _dt.datetime | None = None
 ) -> Path:

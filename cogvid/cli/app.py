@@ -34,7 +34,23 @@ def _debug_enabled(ctx: typer.Context | None) -> bool:
 
 
 class CogvidGroup(TyperGroup):
-    """Turns cogvid errors into ``error:``/``hint:`` lines and exit codes (tracebacks with --debug)."""
+    """Turns cogvid errors, and click's own usage errors, into ``error:``/``hint:`` lines and exit codes
+    (tracebacks with --debug)."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # a bad option value or a missing argument: exit 2, our format
+            context = getattr(e, "ctx", None)
+            command = context.command_path if context is not None else "cogvid"
+            console.print_error(_click_message(e), f"see `{command} --help`")
+            code = getattr(e, "exit_code", 2)
+        except typer.Abort:
+            console.print_error("interrupted")
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -47,6 +63,12 @@ class CogvidGroup(TyperGroup):
         except KeyboardInterrupt:
             console.print_error("interrupted")
             ctx.exit(130)
+
+
+def _click_message(error: typer.TyperException) -> str:
+    """click's message in one line, lower-case first letter like cogvid's own ("invalid value for ...")."""
+    message = " ".join(error.format_message().split())
+    return message[:1].lower() + message[1:]
 
 
 app = typer.Typer(

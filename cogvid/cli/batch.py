@@ -6,16 +6,15 @@ import contextlib
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from cogvid.cli import console
-from cogvid.cli import options as opt
+from cogvid.cli.generate import report, show_dry_run
+from cogvid.cli.options import DRY_RUN, MODEL_OPTIONS, NUM_VIDEOS, OUTPUT_OPTIONS, VIDEO_OPTIONS, CliOptions, _Option, with_options
 
 EXAMPLES = """\
 Examples:
@@ -27,14 +26,13 @@ Examples:
   torchrun --nproc_per_node 4 -m cogvid batch prompts.txt -m cogvideox-2b
 """
 
-BaseSeed = typer.Option(
-    None,
-    "--seed",
-    min=0,
-    help="Base seed: a line without its own seed uses SEED + its line index (default 0, so reruns repeat).",
-)
-Resume = typer.Option(
-    False, "--resume", help="Skip videos already complete in --out (same prompt, image, seed and settings)."
+RESUME = _Option("resume", bool, typer.Option(False, "--resume", help="Skip videos already complete in --out (same prompt, image, seed and settings)."))
+WANDB = _Option("wandb", Optional[str], typer.Option(None, "--wandb", metavar="PROJECT", help="Log each video and its settings to this Weights & Biases project (WANDB_MODE=offline logs locally)."))
+# The batch's --seed is a base seed: a line without its own uses SEED + its line index.
+BATCH_VIDEO_OPTIONS = tuple(
+    _Option("seed", Optional[int], typer.Option(None, "--seed", help="Base seed: a line without its own seed uses SEED + its line index (default 0, so reruns repeat)."))
+    if option.name == "seed" else option
+    for option in VIDEO_OPTIONS
 )
 
 STATUS_STYLES = {"done": "green", "skipped": "cyan", "failed": "red", "invalid": "red"}
@@ -44,8 +42,9 @@ class BatchProgress:
     """Renders a batch: an outer bar over its videos and an inner one over the current video's
     stages, denoising steps and decode chunks (on a terminal); ``[i/n]`` stage lines otherwise."""
 
-    def __init__(self, total: int, quiet: bool = False) -> None:
-        self.total = total
+    def __init__(self, quiet: bool = False, as_json: bool = False) -> None:
+        self.total = 0
+        self.as_json = as_json
         self.live = console.err.is_terminal and not quiet
         self.lines = console.ProgressRenderer(quiet=quiet or self.live)
         self._progress: Any = None
@@ -53,8 +52,7 @@ class BatchProgress:
         self._step_started: float | None = None
         self._first_index = 0
 
-    def start(self) -> None:
-        """Show the bars (on a terminal)."""
+    def show(self) -> None:
         if not self.live or self._progress is not None:
             return
         from rich.progress import (
@@ -83,8 +81,17 @@ class BatchProgress:
         self._outer = self._progress.add_task("batch", total=self.total, info="")
         self._inner = self._progress.add_task("", total=None, info="", visible=False)
 
-    def video(self, position: int, line: int) -> None:
-        """The ``position``-th video (1-based) of this run starts; it comes from prompt-file ``line``."""
+    def notice(self, text: str) -> None:
+        console.warn(text) if text.startswith("removed") else console.err.print(text, markup=False)
+
+    def start(self, total: int) -> None:
+        """Show the bars (on a terminal) for ``total`` videos."""
+        self.total = total
+        self.show()
+
+    def video(self, position: int, unit: Any) -> None:
+        """The ``position``-th video (1-based) of this run starts (a :class:`cogvid.batch_run.Unit`)."""
+        line = unit.job.line
         self._prefix = f"[{position}/{self.total}] "
         self.lines.prefix = self._prefix
         self._step_started = None
@@ -97,7 +104,7 @@ class BatchProgress:
             self._progress.advance(self._outer)
             self._progress.update(self._inner, visible=False)
 
-    def __call__(self, event: Any) -> None:  # event: cogvid.pipeline.ProgressEvent
+    def progress(self, event: Any) -> None:  # event: cogvid.pipeline.ProgressEvent
         self.lines(event)
         if self._progress is None:
             return
@@ -115,12 +122,18 @@ class BatchProgress:
             unit = "s/step" if event.kind == "step" else "s/chunk"
             self._progress.update(self._inner, total=event.total, completed=event.index, info=f"{rate:.2f} {unit}")
 
-    def result(self, path: Path) -> None:
-        """A finished video's path on stdout (above the bars when stdout is the same terminal)."""
-        if self._progress is not None and console.out.is_terminal:
+    def written(self, path: Path, video: Any, unit: Any) -> None:
+        """A finished video: its JSON record (--json), or its path on stdout (above the bars on a terminal)."""
+        if self.as_json:
+            report(path, video, as_json=True)
+        elif self._progress is not None and console.out.is_terminal:
             console.err.print(str(path), markup=False, highlight=False)
         else:
             console.out.print(str(path), markup=False, highlight=False)
+
+    def failed(self, unit: Any, error: BaseException) -> None:
+        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+        console.print_error(f"line {unit.job.line}: {message}", getattr(error, "hint", None))
 
     def close(self) -> None:
         self.lines.close()
@@ -151,179 +164,6 @@ def print_summary(results: list, seconds: float) -> None:
     console.err.print(f"{', '.join(parts)} in {seconds:.1f} s")
 
 
-def run_batch(
-    *,
-    file: Path,
-    model: Optional[str],
-    weights: Optional[Path],
-    config: list[Path],
-    overrides: list[str],
-    steps: Optional[int],
-    guidance: Optional[float],
-    sampler: Optional[str],
-    seed: Optional[int],
-    negative: str,
-    frames: Optional[int],
-    size: Optional[str],
-    fps: Optional[int],
-    num_videos: int,
-    device: str,
-    dtype: Optional[str],
-    out: Path,
-    as_json: bool,
-    offload: bool,
-    original_frames: bool,
-    resume: bool,
-    vae_tiling: bool = False,
-    lora: Sequence[str] = (),
-    wandb: Optional[str] = None,
-    debug: bool = False,
-) -> None:
-    """Parse and validate every line, load the model once, generate this rank's share of the
-    videos (skipping complete ones with ``resume``), then print the summary on rank 0.
-
-    Raises GenerationError (exit 1) when any line failed; a failing line never stops the batch.
-    """
-    from cogvid.batch import (
-        JobDefaults,
-        JobResult,
-        claim_output_folder,
-        completed_outputs,
-        job_key,
-        parse_prompt_file,
-        validate_jobs,
-    )
-    from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
-    from cogvid.errors import Cancelled, CogvidError, GenerationError
-    from cogvid.image import load_image
-    from cogvid.pipeline import load, resolve_model, validate_request
-    from cogvid.spec import parse_size
-
-    started = time.perf_counter()
-    rank, world_size, local_rank = rank_info()
-    lead = rank == 0
-    height = width = None
-    if size is not None:
-        height, width = parse_size(size)
-    defaults = JobDefaults(negative, seed or 0, steps, guidance, frames, height, width, num_videos)
-    jobs = parse_prompt_file(file, defaults)
-    from cogvid.lora import parse_specs
-
-    lora_specs = parse_specs(lora)  # a bad --lora value or a missing folder fails before anything loads
-    if wandb:
-        from cogvid.tracking import require_credentials
-
-        require_credentials()
-    resolved = resolve_model(model, weights, config, overrides)
-    job_loras: dict[int, tuple] = {}  # job line -> its LoRA specs (a JSONL "lora" field, else --lora)
-    for position, job in enumerate(jobs):
-        if job.ok:
-            try:
-                job_loras[job.line] = parse_specs(job.lora) if job.lora is not None else lora_specs
-            except CogvidError as e:
-                jobs[position] = job.failed(e)
-
-    schedule = resolved.spec.decode_schedule(original_frames)
-
-    def model_key(job: Any) -> str:
-        # LoRAs, a non-default decode schedule and tiled decoding change pixels: part of each resume key.
-        specs = job_loras[job.line]
-        key = resolved.name + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in specs)
-        if schedule is not None:
-            key += f"+decode:{schedule}"
-        return key + ("+vae-tiling" if vae_tiling else "")
-    if sampler is not None:
-        from cogvid.diffusion import sampler_config_with
-
-        sampler_config_with(sampler, resolved.cfg.model.sampler_config)
-    jobs = validate_jobs(  # every line, before the model loads
-        jobs,
-        lambda job: validate_request(resolved.spec, resolved.name, job.image, job.frames, job.height, job.width),
-        check_image=load_image,
-    )
-    mine = shard(jobs, rank, world_size)
-    gathered = world_size > 1 and can_gather()
-    if world_size == 1 or gathered:
-        announced = jobs if lead else []
-    else:
-        announced = mine  # no summary on rank 0: every rank reports its own lines
-    for job in announced:
-        if not job.ok:
-            console.print_error(f"line {job.line}: {job.error}", job.hint)
-
-    results = [JobResult(job.line, job.prompt, "invalid", error=job.error, rank=rank) for job in mine if not job.ok]
-    units = [(job, k, job_key(job, k, model_key(job), sampler)) for job in mine if job.ok for k in range(job.num_videos)]
-    progress: BatchProgress | None = None
-    try:
-        with claim_output_folder(out) as removed:
-            if removed:
-                console.warn(f"removed {len(removed)} partial file(s) left by an interrupted run")
-            done = completed_outputs(out) if resume else {}
-            pending = []
-            for job, k, key in units:
-                if key in done:
-                    path = str(done[key])
-                    results.append(JobResult(job.line, job.prompt, "skipped", path=path, video_index=k, rank=rank))
-                else:
-                    pending.append((job, k, key))
-            if resume and len(pending) < len(units):
-                who = f"rank {rank}: " if world_size > 1 else ""
-                complete = len(units) - len(pending)
-                console.err.print(f"{who}resume: {complete} video(s) already complete, {len(pending)} to make")
-            if pending:
-                progress = BatchProgress(len(pending), quiet=not lead)
-                progress.start()
-                run_device = rank_device(device, local_rank, world_size)
-                # One model load per LoRA combination (LoRAs are merged into the weights at load time).
-                groups: dict[tuple, list] = {}
-                for unit in pending:
-                    groups.setdefault(job_loras[unit[0].line], []).append(unit)
-                tracker = None
-                if wandb:
-                    from cogvid.tracking import WandbLogger
-
-                    run_config = {"model": resolved.name, "file": str(file), "sampler": sampler, "loras": list(lora)}
-                    group = f"batch-{file.stem}" if world_size > 1 else None
-                    tracker = WandbLogger(wandb, run_config, group=group, name=f"{file.stem}-rank{rank}" if group else None)
-                settings = _Settings(file, out, fps, sampler, schedule, vae_tiling, as_json, debug, rank, tracker)
-                try:
-                    position = 1
-                    for specs, units_of_group in groups.items():
-                        pipe = None  # free the previous model before loading the next
-                        pipe = load(device=run_device, dtype=dtype, lora=specs, progress=progress, resolved=resolved)
-                        pipe.engine.offload = offload
-                        _generate(pipe, units_of_group, settings, progress, results, start=position)
-                        position += len(units_of_group)
-                finally:
-                    if tracker is not None:
-                        tracker.finish()
-    except (KeyboardInterrupt, Cancelled):
-        if progress is not None:
-            progress.close()
-        if world_size == 1:
-            print_summary(results, time.perf_counter() - started)
-        raise Cancelled("interrupted", hint="run the same command with --resume to make only what is missing") from None
-    finally:
-        if progress is not None:
-            progress.close()
-
-    everyone = gather_objects(results) if gathered else None
-    merged = [r for part in everyone for r in part] if everyone is not None else results
-    if lead or everyone is None:
-        print_summary(merged, time.perf_counter() - started)
-    failed = [r for r in merged if not r.ok]
-    if failed:
-        if not lead and everyone is not None:
-            raise typer.Exit(1)  # rank 0 says why
-        lines = sorted({r.line for r in failed})
-        shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
-        total = len({r.line for r in merged})
-        raise GenerationError(
-            f"{len(lines)} of {total} prompt line(s) failed: line{'s' if len(lines) > 1 else ''} {shown}",
-            hint="fix those lines, then rerun with --resume to make only what is missing",
-        )
-
-
 @contextlib.contextmanager
 def _defer_sigint() -> Iterator[None]:
     """Hold Ctrl-C back until the block ends (main thread only), then raise KeyboardInterrupt."""
@@ -340,114 +180,14 @@ def _defer_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """What every video of a batch shares, besides the loaded pipeline."""
-
-    file: Path
-    out: Path
-    fps: Optional[int]
-    sampler: Optional[str]
-    decode_schedule: Optional[str]
-    vae_tiling: bool
-    as_json: bool
-    debug: bool
-    rank: int
-    tracker: Any = None
-
-
-def _generate(
-    pipe: Any, pending: list, settings: _Settings, progress: BatchProgress, results: list, start: int = 1
-) -> None:
-    """Make every pending (job, video index, key), appending to ``results`` as each one ends.
-
-    A failure is reported with its line number and the batch goes on; Ctrl-C stops it (the
-    writers leave no partial file, and ``results`` holds what finished).
-    """
-    from cogvid.batch import SIDECAR_KEY, JobResult
-    from cogvid.cli.generate import _write
-    from cogvid.errors import Cancelled, CogvidError
-    from cogvid.video import sidecar_path
-
-    for position, (job, k, key) in enumerate(pending, start=start):
-        progress.video(position, job.line)
-        started = time.perf_counter()
-        try:
-            video = pipe.generate(
-                job.prompt,
-                image=job.image,
-                negative_prompt=job.negative,
-                num_frames=job.frames,
-                height=job.height,
-                width=job.width,
-                steps=job.steps,
-                guidance=job.guidance,
-                sampler=settings.sampler,
-                seed=job.seed + k,
-                callback=progress,
-                decode_schedule=settings.decode_schedule,
-                vae_tiling=settings.vae_tiling,
-            )
-            video.metadata.update({SIDECAR_KEY: key, "batch_file": str(settings.file), "batch_line": job.line})
-            with _defer_sigint():  # a finished video is saved whole, sidecar included, and counted
-                path = _write(video, settings.out, job.prompt, settings.fps, progress)
-                seconds = time.perf_counter() - started
-                results.append(
-                    JobResult(job.line, job.prompt, "done", str(path), seconds, video_index=k, rank=settings.rank)
-                )
-                if settings.tracker is not None:
-                    settings.tracker.log_video(path, video.metadata, seconds)
-                if settings.as_json:
-                    fps = settings.fps or video.fps
-                    record = {"path": str(path), "sidecar": str(sidecar_path(path)), **video.metadata, "fps": fps}
-                    console.print_json(record)
-                else:
-                    progress.result(path)
-        except Cancelled:
-            raise
-        except Exception as e:  # one bad job is reported and the batch goes on
-            if settings.debug:
-                traceback.print_exc()
-            message = e.message if isinstance(e, CogvidError) else f"{type(e).__name__}: {e}"
-            console.print_error(f"line {job.line}: {message}", getattr(e, "hint", None))
-            seconds = time.perf_counter() - started
-            results.append(
-                JobResult(job.line, job.prompt, "failed", None, seconds, message, video_index=k, rank=settings.rank)
-            )
-        progress.advance()
-
-
+@with_options(MODEL_OPTIONS, BATCH_VIDEO_OPTIONS, NUM_VIDEOS, OUTPUT_OPTIONS, RESUME, WANDB, DRY_RUN)
 def batch(
     ctx: typer.Context,
     file: Path = typer.Argument(
         ..., help="Prompt file: one prompt per line (prompt@@image for I2V), or .jsonl with per-line settings."
     ),
-    model: Optional[str] = opt.Model,
-    weights: Optional[Path] = opt.Weights,
-    config: list[Path] = opt.Config,
-    overrides: list[str] = opt.Set,
-    steps: Optional[int] = opt.Steps,
-    guidance: Optional[float] = opt.Guidance,
-    sampler: Optional[str] = opt.Sampler,
-    seed: Optional[int] = BaseSeed,
-    negative: str = opt.Negative,
-    frames: Optional[int] = opt.Frames,
-    size: Optional[str] = opt.Size,
-    fps: Optional[int] = opt.Fps,
-    num_videos: int = opt.NumVideos,
-    device: str = opt.Device,
-    dtype: Optional[str] = opt.Dtype,
-    out: Path = opt.Out,
-    as_json: bool = opt.Json,
-    offload: bool = opt.Offload,
-    vae_tiling: bool = opt.VaeTiling,
-    original_frames: bool = opt.OriginalFrames,
-    resume: bool = Resume,
-    lora: list[str] = opt.Lora,
-    wandb: Optional[str] = typer.Option(
-        None, "--wandb", metavar="PROJECT",
-        help="Log each video and its settings to this Weights & Biases project (WANDB_MODE=offline logs locally).",
-    ),
+    *,
+    options: CliOptions,
 ) -> None:
     """Generate a video for every line of FILE, loading the model once.
 
@@ -455,10 +195,60 @@ def batch(
 
     Under torchrun, the i-th prompt runs on rank i % WORLD_SIZE; rank 0 prints the summary.
     """
-    root = ctx.find_root()
-    debug = bool(isinstance(root.obj, dict) and root.obj.get("debug"))
-    params = {name: value for name, value in locals().items() if name not in ("ctx", "root")}
-    run_batch(**params)
+    from cogvid.batch_run import BatchRun, check_results, gather_results, plan_batch, run_plan
+    from cogvid.errors import Cancelled
+
+    started = time.perf_counter()
+    plan = plan_batch(file, options.request())  # every line checked before anything loads
+    for job in plan.announced():
+        console.print_error(f"line {job.line}: {job.error}", job.hint)
+    if options.dry_run:
+        show_dry_run([unit.prepared for unit in plan.units], options.as_json)
+        check_results(plan_results(plan))
+        return
+    from cogvid.video import check_output_folder
+
+    check_output_folder(options.out)
+    tracker = _tracker(options, plan)
+    progress = BatchProgress(quiet=not plan.lead, as_json=options.as_json)
+    debug = bool(isinstance(ctx.find_root().obj, dict) and ctx.find_root().obj.get("debug"))
+    run = BatchRun(options.out, progress, options.resume, debug=debug, tracker=tracker, write_guard=_defer_sigint)
+    try:
+        results = run_plan(plan, run)
+    except (KeyboardInterrupt, Cancelled):
+        progress.close()
+        if plan.world_size == 1:
+            print_summary(run.results, time.perf_counter() - started)
+        raise Cancelled("interrupted", hint="run the same command with --resume to make only what is missing") from None
+    finally:
+        progress.close()
+        if tracker is not None:
+            tracker.finish()
+    everyone = gather_results(plan, results)
+    if plan.lead or everyone is None:
+        print_summary(everyone if everyone is not None else results, time.perf_counter() - started)
+    if not plan.lead and everyone is not None:
+        if any(not r.ok for r in everyone):
+            raise typer.Exit(1)  # rank 0 says why
+        return
+    check_results(everyone if everyone is not None else results)
+
+
+def plan_results(plan: Any) -> list:
+    from cogvid.batch_run import JobResult
+
+    return [JobResult(job.line, job.prompt, "invalid", error=job.error) for job in plan.jobs if not job.ok]
+
+
+def _tracker(options: CliOptions, plan: Any) -> Any:
+    if not options.wandb:
+        return None
+    from cogvid.tracking import WandbLogger
+
+    file = plan.file
+    run_config = {"model": plan.model.name, "file": str(file), "sampler": options.sampler, "loras": list(options.lora)}
+    group = f"batch-{file.stem}" if plan.world_size > 1 else None
+    return WandbLogger(options.wandb, run_config, group=group, name=f"{file.stem}-rank{plan.rank}" if group else None)
 
 
 def register(app: typer.Typer) -> None:

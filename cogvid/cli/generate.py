@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from cogvid.cli import console
-from cogvid.cli import options as opt
+from cogvid.cli.options import DRY_RUN, FROM, MODEL_OPTIONS, NUM_VIDEOS, OUTPUT_OPTIONS, VIDEO_OPTIONS, CliOptions, with_options
+from cogvid.request import GenerationRequest
 
 T2V_EXAMPLES = """\
 Examples:
@@ -19,6 +18,7 @@ Examples:
   cogvid t2v "a cat on a surfboard" -m cogvideox-5b --seed 42
   cogvid t2v "waves at dusk" -m cogvideox1.5-5b --frames 161 --size 768x1360
   cogvid t2v "a red ball" --sampler ddim --steps 30 --json
+  cogvid t2v --from outputs/2026-12-02/0003-a-red-ball-s42.json --steps 30   # the same video, 30 steps
   cogvid t2v "a cat in ink style" -m cogvideox-5b --lora ckpts/ink-lora-09-09-21-10:0.8
 """
 
@@ -29,174 +29,111 @@ Examples:
   cogvid i2v photo.jpg "clouds drift by" -m cogvideox1.5-5b-i2v --frames 81
 """
 
+GENERATION_OPTIONS = (FROM, MODEL_OPTIONS, VIDEO_OPTIONS, NUM_VIDEOS, OUTPUT_OPTIONS, DRY_RUN)
 
-def run_generation(
-    *,
-    prompt: str,
-    image: Optional[Path],
-    model: Optional[str],
-    weights: Optional[Path],
-    config: list[Path],
-    overrides: list[str],
-    steps: Optional[int],
-    guidance: Optional[float],
-    sampler: Optional[str],
-    seed: Optional[int],
-    negative: str,
-    frames: Optional[int],
-    size: Optional[str],
-    fps: Optional[int],
-    num_videos: int,
-    device: str,
-    dtype: Optional[str],
-    out: Path,
-    as_json: bool,
-    offload: bool,
-    original_frames: bool,
-    vae_tiling: bool = False,
-    lora: Sequence[str] = (),
-) -> None:
-    """Load the model once, generate ``num_videos`` videos, write each atomically with its sidecar."""
-    from cogvid.spec import parse_size
 
-    height = width = None
-    if size is not None:
-        height, width = parse_size(size)
-    if image is not None:
-        from cogvid.image import load_image
+def run_videos(request: GenerationRequest, options: CliOptions) -> None:
+    """Check ``request`` (nothing loads before that), load its model once, make and write its videos."""
+    from cogvid.prepare import prepare
+    from cogvid.video import check_output_folder
 
-        load_image(image)  # a missing or corrupt image fails before the model loads
-    from cogvid.lora import parse_specs
-    from cogvid.pipeline import load, resolve_model, validate_request
+    prepared = prepare(request)
+    if options.dry_run:
+        show_dry_run([prepared], options.as_json)
+        return
+    check_output_folder(options.out)
+    from cogvid.pipeline import load
 
-    lora_specs = parse_specs(lora)  # a bad --lora value or a missing folder fails before anything loads
-    resolved = resolve_model(model, weights, config, overrides)
-    validate_request(resolved.spec, resolved.name, image, frames, height, width)  # before any heavy work
-    if sampler is not None:
-        from cogvid.diffusion import sampler_config_with
-
-        sampler_config_with(sampler, resolved.cfg.model.sampler_config)
     renderer = console.ProgressRenderer()
-    pipe = load(device=device, dtype=dtype, lora=lora_specs, progress=renderer, resolved=resolved)
-    pipe.engine.offload = offload
-    schedule = pipe.spec.decode_schedule(original_frames)
-    first_seed = random.randrange(2**31) if seed is None else seed
-    if seed is None:
-        console.err.print(f"seed: {first_seed}")
-    for index in range(num_videos):
-        prefix = f"[{index + 1}/{num_videos}] " if num_videos > 1 else ""
-        renderer.prefix = prefix
-        video = pipe.generate(
-            prompt,
-            image=image,
-            negative_prompt=negative,
-            num_frames=frames,
-            height=height,
-            width=width,
-            steps=steps,
-            guidance=guidance,
-            sampler=sampler,
-            seed=first_seed + index,
-            callback=renderer,
-            decode_schedule=schedule,
-            vae_tiling=vae_tiling,
-        )
-        path = _write(video, out, prompt, fps, renderer)
-        _report(path, video, as_json)
+    pipe = load(resolved=prepared.model, progress=renderer)
+    if request.seed is None:
+        console.err.print(f"seed: {prepared.request.seed}")
+    videos = prepared.videos()
+    for index, video_request in enumerate(videos):
+        renderer.prefix = f"[{index + 1}/{len(videos)}] " if len(videos) > 1 else ""
+        video = pipe.run(video_request, callback=renderer)
+        path = write(video, options.out, renderer)
+        report(path, video, options.as_json)
 
 
-def _write(video: Any, out: Path, prompt: str, fps: Optional[int], renderer: console.ProgressRenderer) -> Path:
-    """Reserve a fresh name, write the MP4 and the sidecar; nothing is left behind on failure."""
+def write(video: Any, out: Path, renderer: Any) -> Path:
+    """Write a finished video under a fresh name in ``out`` (stage lines around it)."""
     import time
 
     from cogvid.pipeline import ProgressEvent
-    from cogvid.video import output_path
 
     started = time.perf_counter()
     renderer(ProgressEvent("stage", "writing"))
-    path = output_path(out, prompt, video.metadata["seed"])
-    try:
-        written = video.save(path, fps=fps)
-    except BaseException:
-        if path.exists() and path.stat().st_size == 0:
-            path.unlink()  # drop the empty reservation
-        raise
+    path = video.save_new(out)
     renderer(ProgressEvent("stage_done", "writing", seconds=time.perf_counter() - started))
-    return written
+    return path
 
 
-def _report(path: Path, video: Any, as_json: bool) -> None:
+def report(path: Path, video: Any, as_json: bool) -> None:
+    """The result line on stdout (a JSON record with --json) and a summary line on stderr."""
     from cogvid.video import sidecar_path
 
+    meta = video.metadata
     if as_json:
-        console.print_json({"path": str(path), "sidecar": str(sidecar_path(path)), **video.metadata, "fps": video.fps})
-    else:
-        console.out.print(str(path))
-        meta = video.metadata
-        timings = ", ".join(f"{k} {v:.1f} s" for k, v in meta["timings"].items())
-        console.err.print(
-            f"{meta['frames']} frames {meta['width']}x{meta['height']} @ {video.fps} fps · seed {meta['seed']} · "
-            f"{meta['sampler']} {meta['steps']} steps · {timings}"
+        console.print_json({"path": str(path), "sidecar": str(sidecar_path(path)), **meta, "fps": video.fps})
+        return
+    console.out.print(str(path), markup=False, highlight=False)
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in meta["timings"].items())
+    console.err.print(
+        f"{meta['frames']} frames {meta['width']}x{meta['height']} @ {video.fps} fps · seed {meta['seed']} · "
+        f"{meta['sampler']} {meta['steps']} steps · {timings}",
+        markup=False,
+    )
+
+
+def show_dry_run(prepared: list[Any], as_json: bool) -> None:
+    """What would run: each prepared request, its model and whether the weights are there; nothing loads."""
+    for item in prepared:
+        statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in item.model.paths.statuses()]
+        record = {"model": item.model.name, "request": item.request.to_json(), "height": item.height, "width": item.width,
+                  "latent_frames": item.latent_frames, "weights": statuses}
+        if as_json:
+            console.print_json(record)
+            continue
+        request = item.request
+        console.out.print(f"{item.model.name}: {request.prompt!r}", markup=False, highlight=False)
+        console.out.print(
+            f"  {request.frames} frames {item.width}x{item.height} @ {request.fps} fps · seed {request.seed} · "
+            f"{item.sampler.name} {item.sampler.steps} steps · guidance {item.sampler.guidance} · "
+            f"{request.num_videos} video(s)",
+            markup=False, highlight=False,
         )
+        for status in statuses:
+            console.out.print(f"  {status['part']:<12} {'found' if status['found'] else 'missing'}  {status['path']}", markup=False)
 
 
-def t2v(
-    prompt: str = typer.Argument(..., help="What the video shows."),
-    model: Optional[str] = opt.Model,
-    weights: Optional[Path] = opt.Weights,
-    config: list[Path] = opt.Config,
-    overrides: list[str] = opt.Set,
-    steps: Optional[int] = opt.Steps,
-    guidance: Optional[float] = opt.Guidance,
-    sampler: Optional[str] = opt.Sampler,
-    seed: Optional[int] = opt.Seed,
-    negative: str = opt.Negative,
-    frames: Optional[int] = opt.Frames,
-    size: Optional[str] = opt.Size,
-    fps: Optional[int] = opt.Fps,
-    num_videos: int = opt.NumVideos,
-    device: str = opt.Device,
-    dtype: Optional[str] = opt.Dtype,
-    out: Path = opt.Out,
-    as_json: bool = opt.Json,
-    offload: bool = opt.Offload,
-    original_frames: bool = opt.OriginalFrames,
-    vae_tiling: bool = opt.VaeTiling,
-    lora: list[str] = opt.Lora,
-) -> None:
+@with_options(*GENERATION_OPTIONS)
+def t2v(prompt: Optional[str] = typer.Argument(None, help="What the video shows."), *, options: CliOptions) -> None:
     """Text to video: write outputs/<date>/<n>-<prompt>-s<seed>.mp4 and a .json sidecar.
 
     Without --model it runs the embedded demo model (no download).
     """
-    run_generation(**locals(), image=None)
+    _require(prompt, options, 'give a PROMPT, e.g. cogvid t2v "a red circle moving left"')
+    run_videos(options.request(prompt=prompt), options)
 
 
+@with_options(*GENERATION_OPTIONS)
 def i2v(
-    image: Path = typer.Argument(..., help="The first frame: a PNG, JPEG or WebP image."),
-    prompt: str = typer.Argument(..., help="What happens in the video."),
-    model: Optional[str] = opt.Model,
-    weights: Optional[Path] = opt.Weights,
-    config: list[Path] = opt.Config,
-    overrides: list[str] = opt.Set,
-    steps: Optional[int] = opt.Steps,
-    guidance: Optional[float] = opt.Guidance,
-    sampler: Optional[str] = opt.Sampler,
-    seed: Optional[int] = opt.Seed,
-    negative: str = opt.Negative,
-    frames: Optional[int] = opt.Frames,
-    size: Optional[str] = opt.Size,
-    fps: Optional[int] = opt.Fps,
-    num_videos: int = opt.NumVideos,
-    device: str = opt.Device,
-    dtype: Optional[str] = opt.Dtype,
-    out: Path = opt.Out,
-    as_json: bool = opt.Json,
-    offload: bool = opt.Offload,
-    original_frames: bool = opt.OriginalFrames,
-    vae_tiling: bool = opt.VaeTiling,
-    lora: list[str] = opt.Lora,
+    image: Optional[Path] = typer.Argument(None, help="The first frame: a PNG, JPEG or WebP image."),
+    prompt: Optional[str] = typer.Argument(None, help="What happens in the video."),
+    *,
+    options: CliOptions,
 ) -> None:
     """Image to video with an -i2v model: the image is the first frame."""
-    if model is None and not config:
-        model = "cogvideox-5b-i2v"
-    run_generation(**locals())
+    _require(prompt, options, 'give IMAGE and PROMPT, e.g. cogvid i2v photo.png "the dog turns its head"')
+    request = options.request(prompt=prompt, image=image)
+    if request.model.name is None and not request.model.configs:
+        request = request.replace(model=request.model.replace(name="cogvideox-5b-i2v"))
+    run_videos(request, options)
+
+
+def _require(prompt: Optional[str], options: CliOptions, hint: str) -> None:
+    from cogvid.errors import UsageError
+
+    if prompt is None and options.from_sidecar is None:
+        raise UsageError("missing argument PROMPT", hint=f"{hint}, or --from SIDECAR.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -25,9 +24,9 @@ def inspect(
 
     Example: cogvid lora inspect ckpts/lora-09-09-21-10
     """
-    from cogvid.lora import describe_lora, read_lora
+    from cogvid.finetunes import inspect_lora
 
-    info = describe_lora(read_lora(path))
+    info = inspect_lora(path)
     if as_json:
         console.print_json(info)
         return
@@ -58,63 +57,22 @@ def apply(
 
     Example: cogvid lora apply cogvideox-5b ckpts/lora-09-09-21-10 --out merged/transformer --scale 0.8
     """
-    import math
+    from cogvid.finetunes import BASE_DRIFT, apply_lora
+    from cogvid.request import LoraSpec
 
-    from cogvid.checkpoint import read_state_dict, split_engine_state
-    from cogvid.errors import UsageError
-    from cogvid.lora import LoraSpec, base_difference, merge_checkpoint, parse_specs
-
-    if not math.isfinite(scale):
-        raise UsageError(f"--scale must be a finite number, got {scale}")
-    base_path = _resolve_base(base, weights)
-    (spec,) = parse_specs([LoraSpec(lora, scale)])
-    started = time.perf_counter()
-    written, (weights_read,) = merge_checkpoint(base_path, [spec], out)
-    seconds = time.perf_counter() - started
-    difference = base_difference(weights_read, split_engine_state(read_state_dict(base_path))["dit"])
-    if difference is not None and difference > 1e-2:
+    result = apply_lora(base, LoraSpec(lora, scale), out, weights)
+    drift = result.pop("base_drift")
+    if drift is not None and drift > BASE_DRIFT:
         console.warn(
-            f"the LoRA's own base weights differ from {base_path} (max |diff| {difference:.3g} in layer 0 qkv): "
+            f"the LoRA's own base weights differ from {result['base']} (max |diff| {drift:.3g} in layer 0 qkv): "
             "it was probably trained on another model"
         )
-    result = {
-        "path": str(out),
-        "file": str(written),
-        "base": str(base_path),
-        "lora": str(weights_read.source),
-        "scale": scale,
-        "scaling": weights_read.scaling * scale,
-        "rank": weights_read.rank,
-        "layers": len(weights_read.layers),
-        "seconds": round(seconds, 3),
-    }
     if as_json:
         console.print_json(result)
         return
-    console.out.print(str(out))
+    console.out.print(result["path"], markup=False)
     console.err.print(
-        f"merged rank-{weights_read.rank} LoRA ({len(weights_read.layers)} layers, scale {scale:g} x {weights_read.scaling:.6g}) "
-        f"into {base_path} in {seconds:.1f} s"
-    )
-
-
-def _resolve_base(base: str, weights: Optional[Path]) -> Path:
-    """A folder as given, else a registry model's transformer folder under the weights root."""
-    from cogvid.errors import MissingFileError
-    from cogvid.registry import get_model, load_registry
-
-    path = Path(base).expanduser()
-    if path.exists():
-        return path
-    if base in load_registry():
-        folder = get_model(base).weight_paths(weights)["transformer"]
-        if not folder.exists():
-            raise MissingFileError(
-                f"the transformer of {base} is not at {folder}",
-                hint=f"download it (`cogvid models show {base}`) or pass --weights DIR",
-            )
-        return folder
-    raise MissingFileError(
-        f"base {base!r} is neither an existing checkpoint folder nor a known model name",
-        hint="pass a SAT transformer folder (holding 'latest') or a name from `cogvid models list`",
+        f"wrote {result['path']}: {result['base']} with the rank-{result['rank']} LoRA merged "
+        f"({result['layers']} layers, scale {scale:g}, effective scaling {result['scaling']:.6g}) in {result['seconds']:.1f} s",
+        markup=False,
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from cogvid.cli import console
+from cogvid.cli.options import complete_model
 
 app = typer.Typer(help="List the known models and inspect one.", no_args_is_help=True)
 
@@ -18,34 +19,6 @@ WeightsOption = typer.Option(
     help="Weights root (default: $COGVID_WEIGHTS or ~/.cache/cogvid/models).",
 )
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-
-
-def _complete_model(incomplete: str) -> list[str]:
-    from cogvid.registry import load_registry
-
-    return [name for name in load_registry() if name.startswith(incomplete)]
-
-
-def _entry_summary(entry: Any, root: Optional[Path]) -> dict[str, Any]:
-    statuses = entry.weight_status(root)
-    return {
-        "name": entry.name,
-        "title": entry.title,
-        "task": entry.task,
-        "generation": entry.generation,
-        "parameters": entry.parameters,
-        "height": entry.height,
-        "width": entry.width,
-        "frames": entry.frames,
-        "fps": entry.fps,
-        "dtype": entry.dtype,
-        "model_dir": str(entry.model_dir(root)),
-        "weights_found": all(s.found for s in statuses),
-        "weights": {
-            s.part: {"path": str(s.path), "found": s.found, "problem": s.problem} for s in statuses
-        },
-        "download": entry.download,
-    }
 
 
 @app.command("list")
@@ -60,7 +33,7 @@ def list_models(
     from cogvid.registry import load_registry, weights_root
 
     entries = list(load_registry().values())
-    summaries = [_entry_summary(entry, weights) for entry in entries]
+    summaries = [entry.summary(weights) for entry in entries]
     if as_json:
         console.print_json({"weights_root": str(weights_root(weights)), "models": summaries})
         return
@@ -95,7 +68,7 @@ def list_models(
 
 @app.command("show")
 def show_model(
-    name: str = typer.Argument(..., help="Model name (see `cogvid models list`).", autocompletion=_complete_model),
+    name: str = typer.Argument(..., help="Model name (see `cogvid models list`).", autocompletion=complete_model),
     weights: Optional[Path] = WeightsOption,
     config: list[Path] = typer.Option(
         [], "--config", metavar="FILE", help="Extra YAML merged over the model's own (repeatable)."
@@ -113,12 +86,12 @@ def show_model(
     """
     from omegaconf import OmegaConf
 
-    from cogvid.config import load_config
-    from cogvid.registry import get_model
+    from cogvid.prepare import resolve_model
+    from cogvid.request import ModelChoice
 
-    entry = get_model(name)
-    cfg = load_config([*entry.config_files(), *config], overrides, defaults=entry.defaults())
-    summary = _entry_summary(entry, weights)
+    resolved = resolve_model(ModelChoice(name, weights, tuple(config), tuple(overrides)))
+    entry, cfg = resolved.entry, resolved.cfg
+    summary = entry.summary(weights)
     summary["description"] = entry.description
     summary["config_files"] = [str(p) for p in entry.config_files()]
     if as_json:

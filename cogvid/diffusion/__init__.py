@@ -1,6 +1,6 @@
 """Diffusion parts: discretizations, denoiser + scalings, guiders and samplers (the SGM split).
 
-This module itself imports no torch (the CLI lists sampler names without it): the classes live in
+This module itself imports neither torch nor OmegaConf (the CLI lists sampler names without them): the classes live in
 ``cogvid.diffusion.{discretization, denoiser, scalings, guiders, samplers}``.
 """
 
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+import numbers
+from typing import TYPE_CHECKING, Any
 
 from cogvid.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 _SAMPLING = "sgm.modules.diffusionmodules.sampling."
 
@@ -50,6 +52,21 @@ _IDENTITY_GUIDER = "sgm.modules.diffusionmodules.guiders.IdentityGuider"
 MAX_STEPS = 1000
 
 
+def check_num_steps(num_steps: Any, maximum: int) -> int:
+    """``num_steps`` as an int in ``1..maximum``, or a ConfigError that says what is allowed."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ConfigError(
+            f"number of sampling steps must be a whole number, found {num_steps!r}",
+            hint="for example --steps 50",
+        )
+    if not 1 <= int(num_steps) <= maximum:
+        raise ConfigError(
+            f"number of sampling steps must be between 1 and {maximum}, found {num_steps}",
+            hint="CogVideoX models are sampled with 50 steps; fewer are faster and blurrier",
+        )
+    return int(num_steps)
+
+
 def sampler_params(target: str) -> tuple[str, ...]:
     """The constructor parameters of the sampler registered as ``target``."""
     return _BASE_PARAMS + _EXTRA_PARAMS[target.rsplit(".", 1)[-1]]
@@ -69,6 +86,8 @@ def sampler_config_with(name: str, base_sampler_config: Any) -> DictConfig:
 
     Parameters of the base node that the new class does not take are dropped.
     """
+    from omegaconf import OmegaConf
+
     if name in SAMPLER_NAMES:
         target = SAMPLER_NAMES[name]
     elif name in SAMPLER_NAMES.values():
@@ -106,7 +125,7 @@ def sampler_config_for(sampler_config: Any, num_steps: int | None = None, guidan
     ``num_steps`` also replaces the guider's own ``num_steps`` (DynamicCFG's schedule length), as
     diffusers does; ``guidance`` replaces the guider's ``scale``.
     """
-    from cogvid.diffusion.discretization import check_num_steps
+    from omegaconf import OmegaConf
 
     node = OmegaConf.create(OmegaConf.to_container(sampler_config, resolve=True))
     if "params" not in node or node.params is None:
@@ -136,4 +155,4 @@ def build_sampler(sampler_config: Any, num_steps: int | None = None, guidance: f
     return instantiate(sampler_config_for(sampler_config, num_steps, guidance))
 
 
-__all__ = ["MAX_STEPS", "SAMPLER_NAMES", "build_sampler", "sampler_config_for", "sampler_config_with", "sampler_params"]
+__all__ = ["MAX_STEPS", "SAMPLER_NAMES", "build_sampler", "check_num_steps", "sampler_config_for", "sampler_config_with", "sampler_params"]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cogvid.diffusion import check_num_steps
 from cogvid.errors import ConfigError
 
 
@@ -24,21 +25,6 @@ def linear_beta_schedule(num_timesteps: int, linear_start: float, linear_end: fl
 def spaced_timesteps(num_steps: int, num_timesteps: int) -> np.ndarray:
     """The ``num_steps`` DDPM timesteps a sampler visits, ascending (e.g. 19, 39, ..., 999 for 50 of 1000)."""
     return np.linspace(num_timesteps - 1, 0, num_steps, endpoint=False).astype(int)[::-1]
-
-
-def check_num_steps(num_steps: Any, maximum: int) -> int:
-    """``num_steps`` as an int in ``1..maximum``, or a ConfigError that says what is allowed."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ConfigError(
-            f"number of sampling steps must be a whole number, found {num_steps!r}",
-            hint="for example --steps 50",
-        )
-    if not 1 <= int(num_steps) <= maximum:
-        raise ConfigError(
-            f"number of sampling steps must be between 1 and {maximum}, found {num_steps}",
-            hint="CogVideoX models are sampled with 50 steps; fewer are faster and blurrier",
-        )
-    return int(num_steps)
 
 
 class Discretization:

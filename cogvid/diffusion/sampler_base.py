@@ -16,7 +16,7 @@ import torch
 
 from cogvid.config import instantiate
 from cogvid.diffusion.denoiser import append_dims
-from cogvid.diffusion.discretization import check_num_steps
+from cogvid.diffusion import check_num_steps
 from cogvid.diffusion.guiders import IdentityGuider
 from cogvid.errors import ConfigError
 
@@ -108,7 +108,12 @@ class SamplingRun:
 
 
 class BaseDiffusionSampler:
-    """Builds the discretization and guider; resolves steps; holds what all samplers share."""
+    """Builds the discretization and guider; resolves steps; holds what all samplers share.
+
+    ``level_kind`` names what the progress callback's ``level`` is: a DDPM ``"timestep"`` or a ``"sigma"``.
+    """
+
+    level_kind = "sigma"
 
     def __init__(
         self,

@@ -28,6 +28,8 @@ class VideoDDIMSampler(BaseDiffusionSampler):
     the current level when ``sdedit``), as the original's VP-SDE sampler does.
     """
 
+    level_kind = "timestep"
+
     def __init__(self, fixed_frames: int = 0, sdedit: bool = False, **base: Any) -> None:
         super().__init__(**base)
         if not self.alpha_space:

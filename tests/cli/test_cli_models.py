@@ -68,7 +68,7 @@ def test_models_list_reports_a_broken_latest(tmp_path):
     (transformer / "latest").write_text("1000\n")
     data = json.loads(run("models", "list", "--json", "--weights", str(tmp_path)).stdout)
     info = {m["name"]: m for m in data["models"]}["cogvideox-5b"]["weights"]["transformer"]
-    assert info["found"] is False and "mp_rank_00_model_states.pt is missing" in info["problem"]
+    assert info["found"] is False and "mp_rank_00_model_states.pt does not exist" in info["problem"]
 
 
 def test_models_show_prints_config_paths_and_download():

@@ -1,0 +1,226 @@
+"""Planning and running a batch: every line checked before the model loads, one load per LoRA set,
+this rank's share of the videos, resume, and a result per video.
+
+The CLI renders what happens through a :class:`BatchObserver`; everything it decides with lives here,
+so ``cogvid batch``, the Python API and tests share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cogvid.batch import SIDECAR_KEY, Job, claim_output_folder, completed_outputs, job_key, model_key, parse_prompt_file
+from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
+from cogvid.errors import Cancelled, CogvidError, GenerationError
+from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
+from cogvid.request import GenerationRequest, LoraSpec
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What became of one video of a job (or of an invalid line): for the summary and the exit code."""
+
+    line: int
+    prompt: str
+    status: str  # "done", "skipped" (already complete, --resume), "failed", "invalid"
+    path: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    video_index: int = 0
+    rank: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "skipped")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One video to make: its job, its index among the job's videos, its resume key and its request."""
+
+    job: Job
+    video_index: int
+    key: str
+    prepared: PreparedRequest
+
+    @property
+    def loras(self) -> tuple[LoraSpec, ...]:
+        return self.prepared.request.model.loras
+
+
+@dataclass
+class BatchPlan:
+    """Every line of a prompt file checked against the model, and this rank's videos."""
+
+    file: Path
+    model: ResolvedModel
+    jobs: list[Job]  # every line, in file order (bad ones with their error)
+    units: list[Unit]  # this rank's videos
+    invalid: list[Job]  # this rank's bad lines
+    rank: int = 0
+    world_size: int = 1
+    gathered: bool = True  # results can be gathered on rank 0 (a summary of the whole batch there)
+
+    @property
+    def lead(self) -> bool:
+        return self.rank == 0
+
+    def announced(self) -> list[Job]:
+        """The bad lines this process reports (rank 0 all of them when results are gathered)."""
+        if self.world_size == 1 or self.gathered:
+            return [job for job in self.jobs if not job.ok] if self.lead else []
+        return self.invalid
+
+
+def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedModel | None = None) -> BatchPlan:
+    """Read ``file`` with ``template``'s settings, prepare every line for the model (nothing loads),
+    and pick this rank's share (line i goes to rank i % world size)."""
+    rank, world_size, _ = rank_info()
+    model = model or resolve_model(template.model)
+    jobs = parse_prompt_file(file, template)
+    checked: list[Job] = []
+    prepared: dict[int, PreparedRequest] = {}
+    for job in jobs:
+        if job.ok:
+            try:
+                prepared[job.line] = prepare(job.request, model)
+            except CogvidError as e:
+                job = job.failed(e)
+        checked.append(job)
+    mine = shard(checked, rank, world_size)
+    units = []
+    for job in mine:
+        if not job.ok:
+            continue
+        schedule = prepared[job.line].decode_schedule
+        key_model = model_key(job.request, model.name, schedule)
+        for k, video in enumerate(prepared[job.line].videos()):
+            units.append(Unit(job, k, job_key(job.request, k, key_model), video))
+    invalid = [job for job in mine if not job.ok]
+    gathered = world_size > 1 and can_gather()
+    return BatchPlan(Path(file), model, checked, units, invalid, rank, world_size, gathered or world_size == 1)
+
+
+class BatchObserver(Protocol):
+    """What a batch reports while it runs (the CLI draws bars and lines from it)."""
+
+    def notice(self, text: str) -> None: ...
+    def start(self, total: int) -> None: ...
+    def video(self, position: int, unit: Unit) -> None: ...
+    def progress(self, event: Any) -> None: ...
+    def written(self, path: Path, video: Any, unit: Unit) -> None: ...
+    def failed(self, unit: Unit, error: BaseException) -> None: ...
+    def advance(self) -> None: ...
+
+
+@dataclass
+class BatchRun:
+    """How a plan runs: where videos go, on which device, resumed or not, and what watches it."""
+
+    out: Path
+    observer: BatchObserver
+    resume: bool = False
+    fps: int | None = None
+    debug: bool = False
+    tracker: Any = None  # a cogvid.tracking.WandbLogger
+    write_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    results: list[JobResult] = field(default_factory=list)
+
+
+def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
+    """Make this rank's videos of ``plan`` (skipping complete ones with ``run.resume``); returns every
+    result, the invalid lines' included. A failing video is reported and the batch goes on; Ctrl-C
+    (KeyboardInterrupt or Cancelled) stops it, with ``run.results`` holding what finished."""
+    results = run.results
+    results.extend(JobResult(job.line, job.prompt, "invalid", error=job.error, rank=plan.rank) for job in plan.invalid)
+    with claim_output_folder(run.out) as removed:
+        if removed:
+            run.observer.notice(f"removed {len(removed)} partial file(s) left by an interrupted run")
+        done = completed_outputs(run.out) if run.resume else {}
+        pending = []
+        for unit in plan.units:
+            if unit.key in done:
+                path = str(done[unit.key])
+                results.append(JobResult(unit.job.line, unit.job.prompt, "skipped", path=path, video_index=unit.video_index, rank=plan.rank))
+            else:
+                pending.append(unit)
+        if run.resume and len(pending) < len(plan.units):
+            who = f"rank {plan.rank}: " if plan.world_size > 1 else ""
+            complete = len(plan.units) - len(pending)
+            run.observer.notice(f"{who}resume: {complete} video(s) already complete, {len(pending)} to make")
+        if not pending:
+            return results
+        run.observer.start(len(pending))
+        _, world_size, local_rank = rank_info()
+        groups: dict[tuple[LoraSpec, ...], list[Unit]] = {}
+        for unit in pending:  # one model load per LoRA combination (they are merged at load time)
+            groups.setdefault(unit.loras, []).append(unit)
+        position = 1
+        for loras, units in groups.items():
+            from cogvid.pipeline import load
+
+            pipe = None  # the previous model is freed before the next one loads
+            choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
+            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+            for unit in units:
+                _make(pipe, unit, position, plan, run)
+                position += 1
+    return results
+
+
+def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) -> None:
+    """Make and write one video, appending its result; a failure is reported and the batch goes on."""
+    job = unit.job
+    run.observer.video(position, unit)
+    started = time.perf_counter()
+    try:
+        video = pipe.run(unit.prepared, callback=run.observer.progress)
+        video.metadata.update({SIDECAR_KEY: unit.key, "batch_file": str(plan.file), "batch_line": job.line})
+        with run.write_guard():  # a finished video is saved whole, sidecar included, and counted
+            path = video.save_new(run.out, fps=run.fps)
+            seconds = time.perf_counter() - started
+            run.results.append(JobResult(job.line, job.prompt, "done", str(path), seconds, video_index=unit.video_index, rank=plan.rank))
+            if run.tracker is not None:
+                run.tracker.log_video(path, video.metadata, seconds)
+            run.observer.written(path, video, unit)
+    except Cancelled:
+        raise
+    except Exception as e:  # one bad video is reported and the batch goes on
+        if run.debug:
+            traceback.print_exc()
+        message = e.message if isinstance(e, CogvidError) else f"{type(e).__name__}: {e}"
+        run.observer.failed(unit, e)
+        seconds = time.perf_counter() - started
+        run.results.append(JobResult(job.line, job.prompt, "failed", None, seconds, message, video_index=unit.video_index, rank=plan.rank))
+    run.observer.advance()
+
+
+def gather_results(plan: BatchPlan, results: list[JobResult]) -> list[JobResult] | None:
+    """Every rank's results on every rank (None when they cannot be gathered: each rank keeps its own)."""
+    if plan.world_size == 1:
+        return results
+    everyone = gather_objects(results) if plan.gathered else None
+    return [r for part in everyone for r in part] if everyone is not None else None
+
+
+def check_results(results: list[JobResult]) -> None:
+    """GenerationError (exit 1) naming the failed lines, if any line failed."""
+    failed = sorted({r.line for r in results if not r.ok})
+    if not failed:
+        return
+    shown = ", ".join(str(n) for n in failed[:10]) + (", ..." if len(failed) > 10 else "")
+    total = len({r.line for r in results})
+    raise GenerationError(
+        f"{len(failed)} of {total} prompt line(s) failed: line{'s' if len(failed) > 1 else ''} {shown}",
+        hint="fix those lines, then rerun with --resume to make only what is missing",
+    )
+
+
+__all__ = ["BatchObserver", "BatchPlan", "BatchRun", "JobResult", "Unit", "check_results", "gather_results", "plan_batch", "run_plan"]

@@ -1,0 +1,196 @@
+"""Resolve a request against its model and check everything before any weights load.
+
+:func:`resolve_model` merges a model's configuration and locates its weights; :func:`prepare` turns a
+:class:`~cogvid.request.GenerationRequest` into a :class:`PreparedRequest`: every default filled in
+from the model (frames, size, fps, steps, guidance, sampler), the seed drawn, the sampler resolved
+once into its configuration node, the image and LoRA files checked. A prepared request is what a
+pipeline runs and what a sidecar records, so a video can be made again from it.
+
+No torch here: ``cogvid t2v --dry-run`` prepares without importing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cogvid.config import load_config
+from cogvid.diffusion import SAMPLER_NAMES, sampler_config_for, sampler_config_with
+from cogvid.errors import UsageError
+from cogvid.layout import check_lora_folders
+from cogvid.registry import ModelEntry, WeightPaths, default_model_name, get_model, weight_paths_from_config
+from cogvid.request import GenerationRequest, ModelChoice, sampler_name
+from cogvid.spec import SPATIAL_COMPRESSION, Generation, ModelSpec, check_frames, check_size, spec_from_config
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from PIL import Image
+
+SEED_RANGE = 2**31  # a drawn seed, like the original's
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model's merged configuration, what it can make and where its weights are, before anything loads."""
+
+    name: str
+    entry: ModelEntry | None
+    cfg: DictConfig
+    spec: ModelSpec
+    paths: WeightPaths
+    choice: ModelChoice
+
+    @property
+    def model_dtype(self) -> str:
+        """The dtype the released weights run in (fp16/bf16/fp32)."""
+        return self.entry.dtype if self.entry is not None else self.spec.model_dtype
+
+
+def resolve_model(choice: ModelChoice = ModelChoice()) -> ResolvedModel:
+    """Merge the configuration of a registry model (or of original-style YAMLs) and locate its weights."""
+    name = choice.name
+    if name is None and not choice.configs:
+        name = default_model_name()
+    entry = get_model(name) if name is not None else None
+    files = [*(entry.config_files() if entry else ()), *choice.configs]
+    cfg = load_config(files, choice.overrides, defaults=entry.defaults() if entry else None)
+    spec = spec_from_config(cfg, task=entry.task if entry else None, default_fps=entry.fps if entry else None)
+    paths = entry.paths(choice.weights) if entry is not None else weight_paths_from_config(cfg)
+    label = entry.name if entry else ", ".join(str(c) for c in choice.configs)
+    # The name is recorded, so a replay runs this model even if the default model changes.
+    return ResolvedModel(label, entry, cfg, spec, paths, choice.replace(name=name))
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """The sampler a video runs: its public name, its configuration node, steps and guidance scale."""
+
+    name: str
+    config: DictConfig  # {target, params} with num_steps and the guider's scale applied
+    steps: int
+    guidance: float | None
+
+
+def resolve_sampler(model_sampler_config: Any, name: str | None, steps: int | None, guidance: float | None) -> SamplerChoice:
+    """The model's sampler (or the one named), with ``steps`` and ``guidance`` applied and checked.
+
+    ``steps`` also sets DynamicCFG's own schedule length, as diffusers does (the original keeps the YAML's).
+    """
+    public = name if name is not None else _public_name(str(model_sampler_config.target))
+    base = model_sampler_config if name is None else sampler_config_with(name, model_sampler_config)
+    node = sampler_config_for(base, steps, guidance)
+    params = node.get("params") or {}
+    guider_params = (params.get("guider_config") or {}).get("params") or {}
+    scale = guider_params.get("scale")
+    if "num_steps" not in params:
+        raise UsageError("the model's sampler_config sets no num_steps", hint="give --steps N (the released models use 50)")
+    return SamplerChoice(public, node, int(params["num_steps"]), float(scale) if isinstance(scale, (int, float)) else None)
+
+
+def _public_name(target: str) -> str:
+    try:
+        return sampler_name(target)
+    except UsageError:  # a sampler cogvid builds but gives no short name (e.g. the sigma-space DDIM)
+        return target
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request resolved for its model: nothing left to decide, nothing left to check before loading.
+
+    ``request`` has every default filled in (``seed`` drawn); its height and width stay None only when
+    a 1.5 image-to-video size follows the image, which ``height``/``width`` then hold.
+    """
+
+    request: GenerationRequest
+    model: ResolvedModel
+    sampler: SamplerChoice
+    height: int
+    width: int
+    latent_frames: int
+    image_fit: str | None = None  # 1.5 I2V: "stretch" (size from the image, as the original) or "crop"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def decode_schedule(self) -> str | None:
+        """The VAE decode schedule (None: the model's own, as the original)."""
+        return self.spec.decode_schedule(self.request.decode == "original")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int, int]:
+        """The initial noise shape (B, T, C, H/8, W/8)."""
+        h, w = self.height // SPATIAL_COMPRESSION, self.width // SPATIAL_COMPRESSION
+        return (1, self.latent_frames, self.spec.latent_channels, h, w)
+
+    def videos(self) -> list[PreparedRequest]:
+        """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""
+        seed = self.request.seed or 0
+        return [
+            dataclasses.replace(self, request=self.request.replace(seed=seed + k, num_videos=1))
+            for k in range(self.request.num_videos)
+        ]
+
+
+def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, picture: Image.Image | None = None) -> PreparedRequest:
+    """Resolve ``request`` for its model (resolved here unless given) and check it; loads nothing.
+
+    ``model`` must be ``request.model``'s configuration (its LoRAs and device may differ: they do not
+    change the configuration).
+    ``picture``: an already opened image for image-to-video (the Python API); otherwise
+    ``request.image`` is read to check it. Raises a CogvidError naming the first problem.
+    """
+    model = model or resolve_model(request.model)
+    spec = model.spec
+    if not request.prompt.strip():
+        raise UsageError("the prompt is empty", hint='describe the video, e.g. "a red circle moving left"')
+    if picture is None and request.image is not None:
+        from cogvid.image import load_image
+
+        picture = load_image(request.image)  # a missing or unreadable image is named first
+    has_image = picture is not None
+    if spec.task == "i2v" and not has_image:
+        raise UsageError(f"{model.name} is an image-to-video model and needs an image", hint="use `cogvid i2v IMAGE PROMPT`")
+    if spec.task == "t2v" and has_image:
+        raise UsageError(f"{model.name} is a text-to-video model and takes no image", hint="use `cogvid t2v PROMPT`, or an -i2v model")
+    frames = request.frames if request.frames is not None else spec.default_frames
+    check_frames(spec, frames)
+    size = request.size or (spec.default_height, spec.default_width)
+    check_size(spec, *size)
+    check_lora_folders(lora.path for lora in request.model.loras)
+    height, width, fit = size[0], size[1], None
+    if has_image:
+        if spec.generation is Generation.V1_5:
+            if request.size is None:
+                height, width = image_size_v15(picture)
+                check_size(spec, height, width)
+                fit = "stretch"
+            else:
+                fit = "crop"
+    sampler = resolve_sampler(model.cfg.model.sampler_config, request.sampler, request.steps, request.guidance)
+    resolved = request.replace(
+        model=request.model.replace(name=model.choice.name),
+        frames=frames,
+        size=None if fit == "stretch" else (height, width),
+        fps=request.fps if request.fps is not None else spec.fps,
+        steps=sampler.steps,
+        guidance=sampler.guidance,
+        sampler=sampler.name if sampler.name in SAMPLER_NAMES else None,
+        seed=request.seed if request.seed is not None else random.randrange(SEED_RANGE),
+    )
+    return PreparedRequest(resolved, model, sampler, height, width, spec.latent_frames(frames), fit)
+
+
+def image_size_v15(picture: Image.Image) -> tuple[int, int]:
+    """The pixel size a 1.5 image-to-video model makes for this image (short side 768, aspect kept)."""
+    from cogvid.image import latent_size_v15
+
+    latent_h, latent_w = latent_size_v15(picture.width, picture.height)
+    return latent_h * SPATIAL_COMPRESSION, latent_w * SPATIAL_COMPRESSION
+
+
+__all__ = ["PreparedRequest", "ResolvedModel", "SamplerChoice", "prepare", "resolve_model", "resolve_sampler"]
