@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from cogvid.batch import SIDECAR_KEY, Job, claim_output_folder, completed_outputs, job_key, model_key, parse_prompt_file
 from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
 from cogvid.errors import Cancelled, CogvidError, GenerationError
+from cogvid.layout import check_lora_folders
 from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
 from cogvid.request import GenerationRequest, LoraSpec
 
@@ -84,6 +85,7 @@ def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedMod
     and pick this rank's share (line i goes to rank i % world size)."""
     rank, world_size, _ = rank_info()
     model = model or resolve_model(template.model)
+    check_lora_folders(spec.path for spec in template.model.loras)  # the command line's: every line would fail
     jobs = parse_prompt_file(file, template)
     checked: list[Job] = []
     prepared: dict[int, PreparedRequest] = {}

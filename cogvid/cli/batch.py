@@ -182,7 +182,6 @@ def _defer_sigint() -> Iterator[None]:
 
 @with_options(MODEL_OPTIONS, BATCH_VIDEO_OPTIONS, NUM_VIDEOS, OUTPUT_OPTIONS, RESUME, WANDB, DRY_RUN)
 def batch(
-    ctx: typer.Context,
     file: Path = typer.Argument(
         ..., help="Prompt file: one prompt per line (prompt@@image for I2V), or .jsonl with per-line settings."
     ),
@@ -211,8 +210,7 @@ def batch(
     check_output_folder(options.out)
     tracker = _tracker(options, plan)
     progress = BatchProgress(quiet=not plan.lead, as_json=options.as_json)
-    debug = bool(isinstance(ctx.find_root().obj, dict) and ctx.find_root().obj.get("debug"))
-    run = BatchRun(options.out, progress, options.resume, debug=debug, tracker=tracker, write_guard=_defer_sigint)
+    run = BatchRun(options.out, progress, options.resume, debug=options.debug, tracker=tracker, write_guard=_defer_sigint)
     try:
         results = run_plan(plan, run)
     except (KeyboardInterrupt, Cancelled):

@@ -78,9 +78,10 @@ _VIDEO_FIELDS = {"steps", "guidance", "sampler", "seed", "negative", "frames", "
 class CliOptions:
     """The shared options of one command call, and which of them the user gave."""
 
-    def __init__(self, values: dict[str, Any], given: set[str]) -> None:
+    def __init__(self, values: dict[str, Any], given: set[str], debug: bool = False) -> None:
         self.values = values
         self.given = given
+        self.debug = debug  # cogvid --debug: tracebacks too
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -141,7 +142,9 @@ def with_options(*groups: _Option | tuple[_Option, ...]) -> Callable[[Callable[.
             values = {o.name: kwargs.pop(o.name) for o in shared}
             ctx = kwargs.pop(_CONTEXT)
             given = {name for name in values if _given(ctx, name)}
-            return command(**kwargs, options=CliOptions(values, given))
+            root = ctx.find_root().obj
+            debug = bool(isinstance(root, dict) and root.get("debug"))
+            return command(**kwargs, options=CliOptions(values, given, debug))
 
         wrapper.__signature__ = signature.replace(parameters=[*own, *added, context])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {

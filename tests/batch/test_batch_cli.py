@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 
 from fixtures.processes import sigint_as_in_a_terminal
 
-from cogvid.batch import JobDefaults, job_key, parse_prompt_file
+from cogvid.batch import job_key, parse_prompt_file
+from cogvid.request import GenerationRequest
 from cogvid.cli.app import app
 
 runner = CliRunner()
 FAST = ["--steps", "2", "--frames", "9"]
-FAST_DEFAULTS = JobDefaults(steps=2, frames=9)
+FAST_DEFAULTS = GenerationRequest(steps=2, frames=9)
 # Slow enough (~3 s a video on a fast machine) that a signal sent right after the first output
 # lands while the second video is being made, however fast the machine.
 SLOW = ["--steps", "1000", "--frames", "17"]
@@ -80,7 +81,7 @@ def test_batch_writes_every_prompt_and_resume_writes_nothing_new(tmp_path):
     assert [r["prompt"] for r in results] == ["a red ball", "a blue cube", "a green cone"]
     assert [r["seed"] for r in results] == [0, 3, 4]  # base seed 0 + 0-based line index
     sidecars = _assert_complete_and_clean(out, [1, 4, 5])
-    expected_keys = {job_key(job, 0, "test-tiny", None) for job in parse_prompt_file(prompts, FAST_DEFAULTS)}
+    expected_keys = {job_key(job.request, 0, "test-tiny") for job in parse_prompt_file(prompts, FAST_DEFAULTS)}
     assert {s["batch_key"] for s in sidecars} == {r["batch_key"] for r in results} == expected_keys
     assert all(s["steps"] == 2 and s["frames"] == 9 and s["model"] == "test-tiny" for s in sidecars)
     assert "batch summary" in first.stderr and "3 done" in first.stderr
@@ -103,14 +104,14 @@ def test_failing_lines_are_reported_and_the_rest_runs(tmp_path, monkeypatch):
     from cogvid.errors import GenerationError
     from cogvid.pipeline import VideoPipeline
 
-    generate = VideoPipeline.generate
+    run = VideoPipeline.run
 
-    def flaky(self, prompt, *args, **kwargs):
-        if prompt == "explodes":
+    def flaky(self, prepared, **kwargs):
+        if prepared.request.prompt == "explodes":
             raise GenerationError("the sampler produced NaN", hint="lower the guidance")
-        return generate(self, prompt, *args, **kwargs)
+        return run(self, prepared, **kwargs)
 
-    monkeypatch.setattr(VideoPipeline, "generate", flaky)
+    monkeypatch.setattr(VideoPipeline, "run", flaky)
     jobs = tmp_path / "jobs.jsonl"
     lines = [
         '{"prompt": "a red ball"}',
@@ -220,7 +221,7 @@ def test_torchrun_two_ranks_make_each_output_exactly_once(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     sidecars = _assert_complete_and_clean(out, [1, 2, 4])
     jobs = parse_prompt_file(prompts, FAST_DEFAULTS)
-    assert {s["batch_key"] for s in sidecars} == {job_key(job, 0, "test-tiny", None) for job in jobs}
+    assert {s["batch_key"] for s in sidecars} == {job_key(job.request, 0, "test-tiny") for job in jobs}
     assert all(s["device"] == "cpu" for s in sidecars)
     assert run.stderr.count("batch summary") == 1  # rank 0 only, with every rank's results
     assert "3 done" in run.stderr

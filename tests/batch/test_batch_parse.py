@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cogvid.batch import (
-    Job,
-    JobDefaults,
     claim_output_folder,
     completed_outputs,
     job_key,
     parse_prompt_file,
     partial_outputs,
-    validate_jobs,
 )
+from cogvid.batch_run import plan_batch
 from cogvid.distributed import gather_objects, rank_device, rank_info, shard
 from cogvid.errors import MissingFileError, UsageError
+from cogvid.request import GenerationRequest, ModelChoice
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -34,7 +32,7 @@ def test_text_file_with_bom_crlf_comments_and_blank_lines(tmp_path):
     jobs = parse_prompt_file(file)
     expected = [(1, 0, "a red ball"), (4, 1, "a blue cube"), (6, 2, "last line")]
     assert [(j.line, j.index, j.prompt) for j in jobs] == expected
-    assert all(j.ok and j.image is None for j in jobs)
+    assert all(j.ok and j.request.image is None for j in jobs)
     assert not jobs[0].prompt.startswith("\ufeff")
 
 
@@ -45,11 +43,11 @@ def test_old_mac_line_ends_and_unicode_prompts(tmp_path):
 
 def test_seeds_derive_from_base_and_line_index(tmp_path):
     file = write(tmp_path / "p.txt", "one\n# off\ntwo\n")
-    assert [j.seed for j in parse_prompt_file(file)] == [0, 2]
-    assert [j.seed for j in parse_prompt_file(file, JobDefaults(seed=100))] == [100, 102]
+    assert [j.request.seed for j in parse_prompt_file(file)] == [0, 2]
+    assert [j.request.seed for j in parse_prompt_file(file, GenerationRequest(seed=100))] == [100, 102]
     # Commenting a line out leaves the other lines' seeds alone.
     write(file, "# one\n# off\ntwo\n")
-    assert [j.seed for j in parse_prompt_file(file)] == [2]
+    assert [j.request.seed for j in parse_prompt_file(file)] == [2]
 
 
 def test_image_lines_resolve_beside_the_prompt_file(tmp_path, monkeypatch):
@@ -57,8 +55,8 @@ def test_image_lines_resolve_beside_the_prompt_file(tmp_path, monkeypatch):
     file = write(tmp_path / "p.txt", "the dog turns@@dog.png\ncats @@ /abs/cat.png\nnothing@@\n@@dog.png\n")
     monkeypatch.chdir(tmp_path.parent)
     jobs = parse_prompt_file(file)
-    assert jobs[0].ok and jobs[0].prompt == "the dog turns" and jobs[0].image == tmp_path / "dog.png"
-    assert jobs[1].ok and jobs[1].prompt == "cats" and jobs[1].image == Path("/abs/cat.png")
+    assert jobs[0].ok and jobs[0].prompt == "the dog turns" and jobs[0].request.image == tmp_path / "dog.png"
+    assert jobs[1].ok and jobs[1].prompt == "cats" and jobs[1].request.image == Path("/abs/cat.png")
     assert not jobs[2].ok and "after '@@'" in jobs[2].error and jobs[2].line == 3
     assert not jobs[3].ok and "empty" in jobs[3].error and jobs[3].line == 4
 
@@ -71,8 +69,8 @@ def test_jsonl_overrides_and_defaults(tmp_path):
         {"prompt": "c", "negative": None, "guidance": None, "steps": None},  # null: the command line's value
     ]
     file = write(tmp_path / "jobs.jsonl", "\ufeff" + "\r\n".join(json.dumps(line) for line in lines) + "\r\n")
-    defaults = JobDefaults(negative="ugly", seed=10, steps=5, guidance=6.0, frames=17, height=16, width=16)
-    a, b, c = parse_prompt_file(file, defaults)
+    defaults = GenerationRequest(negative="ugly", seed=10, steps=5, guidance=6.0, frames=17, height=16, width=16)
+    a, b, c = (job.request for job in parse_prompt_file(file, defaults))
     assert (a.seed, a.steps, a.guidance, a.frames, a.height, a.width) == (7, 3, 2.0, 9, 48, 64)
     assert (a.negative, a.num_videos) == ("n", 2)
     # A relative image not found beside the prompt file is kept as given (the current folder).
@@ -89,14 +87,21 @@ def test_jsonl_overrides_and_defaults(tmp_path):
         ('{"prompt": ""}', "'prompt' is missing or empty"),
         ('{"seed": 3}', "'prompt' is missing or empty"),
         ('{"prompt": "x", "colour": "red"}', "unknown field(s) 'colour'"),
-        ('{"prompt": "x", "seed": -1}', "'seed' must be between"),
-        ('{"prompt": "x", "steps": 0}', "'steps' must be at least 1"),
-        ('{"prompt": "x", "frames": "49"}', "'frames' must be an integer"),
-        ('{"prompt": "x", "num_videos": true}', "'num_videos' must be an integer"),
-        ('{"prompt": "x", "guidance": -2}', "'guidance' must be a number >= 0"),
-        ('{"prompt": "x", "size": "big"}', "bad size"),
-        ('{"prompt": "x", "size": [1, 2, 3]}', "'size' must be"),
-        ('{"prompt": "x", "image": 5}', "'image' must be a path"),
+        ('{"prompt": "x", "seed": -1}', "'seed': the seed must be between 0 and"),
+        ('{"prompt": "x", "seed": 1180591620717411303424}', "'seed': the seed must be between 0 and"),
+        ('{"prompt": "x", "steps": 0}', "'steps': the step count must be between 1 and 1000, found 0"),
+        ('{"prompt": "x", "steps": 1e9}', "'steps': the step count must be a whole number, found float"),
+        ('{"prompt": "x", "frames": "49"}', "'frames': the frame count must be a whole number, found str"),
+        ('{"prompt": "x", "num_videos": true}', "'num_videos': the number of videos must be a whole number, found bool"),
+        ('{"prompt": "x", "guidance": -2}', "'guidance': the guidance scale must be a finite number of at least 0"),
+        ('{"prompt": "x", "guidance": NaN}', "'guidance': the guidance scale must be a finite number of at least 0"),
+        ('{"prompt": "x", "size": "big"}', "'size': bad size"),
+        ('{"prompt": "x", "size": [1, 2, 3]}', "'size': must be"),
+        ('{"prompt": "x", "image": 5}', "'image': must be a path"),
+        ('{"prompt": "x", "lora": 5}', "'lora': must be \"PATH[:SCALE]\""),
+        ('{"prompt": "x", "lora": "a:1e30"}', "'lora': LoRA scale 1e+30 is out of range"),
+        ('{"prompt": "x", "sampler": "ddim"}', "unknown field(s) 'sampler'"),
+        ('{"from": "nowhere.json"}', "sidecar not found"),
     ],
 )
 def test_invalid_jsonl_line_is_reported_with_its_line_number(tmp_path, line, message):
@@ -122,27 +127,25 @@ def test_missing_empty_and_non_utf8_files(tmp_path):
         parse_prompt_file(tmp_path)
 
 
-def test_validate_jobs_marks_failures_and_keeps_order(tmp_path):
-    jobs = parse_prompt_file(write(tmp_path / "p.txt", "ok\nbad frames\nwith image@@missing.png\n"))
-
-    def check(job: Job) -> None:
-        if job.prompt == "bad frames":
-            raise UsageError("this model cannot make 10 frames", hint="use --frames 9")
-
-    def check_image(path: Path) -> None:
-        raise MissingFileError(f"image not found: {path}")
-
-    checked = validate_jobs(jobs, check, check_image)
-    assert [j.ok for j in checked] == [True, False, False]
-    assert checked[1].error == "this model cannot make 10 frames" and checked[1].hint == "use --frames 9"
-    assert "image not found" in checked[2].error and checked[2].line == 3
+def test_plan_marks_failures_before_loading_and_keeps_order(tmp_path):
+    """Every line is prepared against the model (no weights load); bad ones keep their line and hint."""
+    jobs = write(tmp_path / "p.txt", "ok\nwith image@@missing.png\n")
+    plan = plan_batch(jobs, GenerationRequest(frames=9, steps=2))
+    assert [j.ok for j in plan.jobs] == [True, False]
+    assert "image not found" in plan.jobs[1].error and plan.jobs[1].line == 2
+    bad_frames = plan_batch(jobs, GenerationRequest(frames=10))
+    assert not bad_frames.jobs[0].ok and "cannot make 10 frames" in bad_frames.jobs[0].error
+    assert bad_frames.jobs[0].hint == "use --frames 9 or 17"
+    assert [u.job.line for u in plan.units] == [1] and plan.units[0].prepared.request.steps == 2
 
 
 def test_job_key_changes_with_every_setting_and_is_stable():
-    base = Job(line=1, index=0, prompt="a red ball", seed=3, steps=2, frames=9, height=48, width=64)
-    key = job_key(base, 0, "test-tiny", None)
-    # The line number and position do not matter: moving a line keeps its finished videos.
-    assert key == job_key(replace(base, line=9, index=5), 0, "test-tiny", None)
+    base = GenerationRequest(prompt="a red ball", seed=3, steps=2, frames=9, height=48, width=64)
+    key = job_key(base, 0, "test-tiny")
+    # The same settings give the same key, whichever line they are on: moving a line keeps its finished videos.
+    assert key == job_key(GenerationRequest(prompt="a red ball", seed=3, steps=2, frames=9, height=48, width=64), 0, "test-tiny")
+    # cogvid 0.1 computed this exact key for these settings: outputs made before the request object resume.
+    assert key == "62e34c3ff8b997e863c886f99b54f150"
     changes = [
         {"prompt": "a blue ball"},
         {"negative": "blurry"},
@@ -151,15 +154,12 @@ def test_job_key_changes_with_every_setting_and_is_stable():
         {"steps": 3},
         {"guidance": 1.0},
         {"frames": 17},
-        {"height": 32},
+        {"height": 32, "width": 64},
         {"width": 48},
+        {"sampler": "ddim"},
     ]
-    variants = [job_key(replace(base, **change), 0, "test-tiny", None) for change in changes]
-    variants += [
-        job_key(base, 1, "test-tiny", None),
-        job_key(base, 0, "cogvideox-2b", None),
-        job_key(base, 0, "test-tiny", "ddim"),
-    ]
+    variants = [job_key(base.replace(**change), 0, "test-tiny") for change in changes]
+    variants += [job_key(base, 1, "test-tiny"), job_key(base, 0, "cogvideox-2b")]
     assert len({key, *variants}) == len(variants) + 1
 
 

@@ -8,28 +8,35 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cogvid.batch import JobResult
+from types import SimpleNamespace
+
+from cogvid.batch_run import JobResult
 from cogvid.cli import console
 from cogvid.cli.batch import BatchProgress, print_summary
 from cogvid.pipeline import ProgressEvent
 
 
+def _unit(line: int) -> SimpleNamespace:
+    """What the display reads of a batch_run.Unit: its prompt-file line."""
+    return SimpleNamespace(job=SimpleNamespace(line=line))
+
+
 def test_live_bars_track_videos_and_steps_and_keep_paths_on_stdout(monkeypatch, capsys):
     screen = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=screen, force_terminal=True, width=100))
-    progress = BatchProgress(total=2)
+    progress = BatchProgress()
     assert progress.live
-    progress.start()
-    progress(ProgressEvent("stage", "loading"))
-    progress(ProgressEvent("stage_done", "loading", seconds=1.25))
-    progress.video(1, line=3)
-    progress(ProgressEvent("stage", "denoising"))
+    progress.start(2)
+    progress.progress(ProgressEvent("stage", "loading"))
+    progress.progress(ProgressEvent("stage_done", "loading", seconds=1.25))
+    progress.video(1, _unit(line=3))
+    progress.progress(ProgressEvent("stage", "denoising"))
     for index in (1, 2, 3):
-        progress(ProgressEvent("step", "denoising", index, 4, level=0.5))
+        progress.progress(ProgressEvent("step", "denoising", index, 4, timestep=500))
     outer, inner = progress._progress.tasks
     assert (outer.completed, outer.total, outer.description) == (0, 2, "batch · line 3")
     assert (inner.completed, inner.total, inner.description) == (3, 4, "[1/2] denoising")
-    progress.result(Path("out/0000-a-s0.mp4"))
+    progress.written(Path("out/0000-a-s0.mp4"), None, _unit(line=3))
     progress.advance()
     assert outer.completed == 1 and not inner.visible
     progress.close()
@@ -41,12 +48,12 @@ def test_live_bars_track_videos_and_steps_and_keep_paths_on_stdout(monkeypatch, 
 def test_plain_lines_carry_the_video_counter(monkeypatch):
     screen = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=screen, force_terminal=False, width=100))
-    progress = BatchProgress(total=10)
+    progress = BatchProgress()
     assert not progress.live
-    progress.start()
-    progress.video(3, line=7)
-    progress(ProgressEvent("stage", "decoding"))
-    progress(ProgressEvent("stage_done", "decoding", seconds=2.0))
+    progress.start(10)
+    progress.video(3, _unit(line=7))
+    progress.progress(ProgressEvent("stage", "decoding"))
+    progress.progress(ProgressEvent("stage_done", "decoding", seconds=2.0))
     progress.close()
     assert "[3/10] decoding..." in screen.getvalue() and "[3/10] ✓ decoding (2.0 s)" in screen.getvalue()
 

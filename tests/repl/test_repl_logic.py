@@ -11,7 +11,6 @@ from cogvid.repl import (
     COMMANDS,
     CancelFlag,
     Command,
-    Settings,
     cancellable,
     draw_seed,
     help_lines,
@@ -19,7 +18,10 @@ from cogvid.repl import (
     parse_line,
     parse_setting,
     resolve_command,
+    setting_rows,
+    with_setting,
 )
+from cogvid.request import GenerationRequest
 
 
 @pytest.mark.parametrize(
@@ -91,24 +93,22 @@ def test_parse_setting_rejects(key, text, message):
         parse_setting(key, text)
 
 
-def test_settings_copy_and_generate_kwargs():
-    settings = Settings(steps=2).with_setting("size", "96x128").with_setting("negative", "blurry")
-    assert settings.steps == 2 and settings.size == (96, 128)
-    kwargs = settings.generate_kwargs()
-    assert kwargs == {
-        "image": None, "negative_prompt": "blurry", "num_frames": None, "height": 96, "width": 128,
-        "steps": 2, "guidance": None, "sampler": None,
-    }
-    assert Settings().generate_kwargs()["height"] is None
+def test_settings_change_the_template_request():
+    template = with_setting(with_setting(GenerationRequest(steps=2), "size", "96x128"), "negative", "blurry")
+    assert (template.steps, template.height, template.width, template.negative) == (2, 96, 128, "blurry")
+    assert with_setting(template, "size", "default").size is None
+    assert with_setting(template, "sampler", "ddim").sampler == "ddim"
+    with pytest.raises(UsageError, match="unknown sampler 'dim'"):
+        with_setting(template, "sampler", "dim")  # the request checks what parse_setting leaves to it
 
 
 def test_settings_rows_mark_model_defaults():
-    rows = dict(Settings(steps=3, seed=None).rows({"steps": "50", "frames": "49", "guidance": "6"}))
+    rows = dict(setting_rows(GenerationRequest(steps=3, seed=None), {"steps": "50", "frames": "49", "guidance": "6"}))
     assert rows["steps"] == "3"
     assert rows["frames"] == "49 (model default)"
     assert rows["seed"].startswith("random")
     assert rows["image"] == "none"
-    assert dict(Settings(seed=7).rows({}))["seed"] == "7"
+    assert dict(setting_rows(GenerationRequest(seed=7), {}))["seed"] == "7"
 
 
 def test_history_path_follows_xdg_data_home(monkeypatch, tmp_path):
