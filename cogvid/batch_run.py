@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from cogvid.batch import SIDECAR_KEY, Job, claim_output_folder, completed_outputs, job_key, model_key, parse_prompt_file
 from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
-from cogvid.errors import Cancelled, CogvidError, GenerationError
+from cogvid.errors import Cancelled, CheckpointError, CogvidError, GenerationError, UsageError
 from cogvid.layout import check_lora_folders
 from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
 from cogvid.request import GenerationRequest, LoraSpec
@@ -170,7 +170,14 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
 
             pipe = None  # the previous model is freed before the next one loads
             choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
-            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+            try:
+                pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+            except (CheckpointError, UsageError) as e:  # e.g. a line's LoRA that does not fit: its lines fail
+                for unit in units:
+                    run.observer.video(position, unit)
+                    _failed(unit, e, 0.0, plan, run)
+                    position += 1
+                continue
             for unit in units:
                 _make(pipe, unit, position, plan, run)
                 position += 1
@@ -197,10 +204,17 @@ def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) 
     except Exception as e:  # one bad video is reported and the batch goes on
         if run.debug:
             traceback.print_exc()
-        message = e.message if isinstance(e, CogvidError) else f"{type(e).__name__}: {e}"
-        run.observer.failed(unit, e)
-        seconds = time.perf_counter() - started
-        run.results.append(JobResult(job.line, job.prompt, "failed", None, seconds, message, video_index=unit.video_index, rank=plan.rank))
+        _failed(unit, e, time.perf_counter() - started, plan, run)
+        return
+    run.observer.advance()
+
+
+def _failed(unit: Unit, error: Exception, seconds: float, plan: BatchPlan, run: BatchRun) -> None:
+    """Report and record one video that could not be made."""
+    message = error.message if isinstance(error, CogvidError) else f"{type(error).__name__}: {error}"
+    run.observer.failed(unit, error)
+    job = unit.job
+    run.results.append(JobResult(job.line, job.prompt, "failed", None, seconds, message, video_index=unit.video_index, rank=plan.rank))
     run.observer.advance()
 
 

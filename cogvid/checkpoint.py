@@ -12,6 +12,8 @@ Inside ``module`` the DiT keys carry the engine prefix ``model.diffusion_model.`
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -82,16 +84,47 @@ def _few(keys: list[str]) -> str:
 # Reading
 
 
+def load_weights_file(path: Path, what: str = "checkpoint", redownload: str = "download it again") -> Any:
+    """``torch.load`` of tensors only (``weights_only``; memory-mapped when the format allows).
+
+    A file that holds pickled Python objects besides tensors is refused as such (loading it could run
+    code), never with advice to load it unsafely; an unreadable file is called corrupt.
+    """
+    try:
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise _corrupt(path, what, e, redownload) from e
+        raise CheckpointError(
+            f"{what} {path} holds Python objects besides tensors ({found.group(1)}); loading it could run code, "
+            "so cogvid refuses it",
+            hint="use a checkpoint that stores tensors only (the released files do), from a source you trust",
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, BadZipFile, ... on bad files
+        raise _corrupt(path, what, e, redownload) from e
+
+
+def _corrupt(path: Path, what: str, error: Exception, redownload: str) -> CheckpointError:
+    # torch's weights_only boilerplate (and its advice to load unsafely) is not the reason: drop it.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    reason = reasons[0] if reasons else type(error).__name__
+    return CheckpointError(
+        f"cannot read {what} {path}: {reason}",
+        hint=f"the file is corrupt, truncated or not a PyTorch checkpoint; {redownload}",
+    )
+
+
 def read_state_dict(path_or_folder: Path | str) -> dict[str, torch.Tensor]:
     """The whole ``module`` dict of a SAT checkpoint, memory-mapped (``weights_only`` load)."""
     path = resolve_checkpoint_file(path_or_folder)
-    try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-            hint="the file is corrupt, truncated or not a PyTorch checkpoint; download it again. " + LAYOUT_HINT,
-        ) from e
+    data = load_weights_file(path, redownload="download it again. " + LAYOUT_HINT)
     if not isinstance(data, dict) or not isinstance(data.get("module"), dict):
         raise CheckpointError(f"{path} has no 'module' state dict", hint=LAYOUT_HINT)
     module = data["module"]

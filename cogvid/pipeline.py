@@ -64,6 +64,8 @@ class Video:
         """Write the MP4 and its JSON sidecar (both atomically, never overwriting); returns the video path."""
         from cogvid.video import write_sidecar, write_video
 
+        if Path(path).suffix.lower() != ".mp4":
+            raise UsageError(f"cannot save {path}: cogvid writes H.264 MP4 files", hint="give a path ending in .mp4")
         fps = fps or self.fps
         path = write_video(self.frames, path, fps=fps)
         write_sidecar(path, {**self.metadata, "fps": fps, "file": path.name})

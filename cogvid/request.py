@@ -54,22 +54,22 @@ def check_text(value: Any, what: str) -> str:
     return value
 
 
-def check_int(value: Any, what: str, minimum: int, maximum: int | None = None) -> int:
+def check_int(value: Any, what: str, minimum: int, maximum: int | None = None, hint: str | None = None) -> int:
     """An int (not a bool) in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"{what} must be a whole number, found {_shown(value)}")
+        raise ArgumentTypeError(f"{what} must be a whole number, found {_shown(value)}", hint=hint)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise UsageError(f"{what} must be {bound}, found {value}")
+        raise UsageError(f"{what} must be {bound}, found {value}", hint=hint)
     return value
 
 
-def check_number(value: Any, what: str, minimum: float) -> float:
+def check_number(value: Any, what: str, minimum: float, hint: str | None = None) -> float:
     """A finite int or float (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArgumentTypeError(f"{what} must be a number, found {_shown(value)}")
+        raise ArgumentTypeError(f"{what} must be a number, found {_shown(value)}", hint=hint)
     if not math.isfinite(value) or value < minimum:
-        raise UsageError(f"{what} must be a finite number of at least {minimum:g}, found {value}")
+        raise UsageError(f"{what} must be a finite number of at least {minimum:g}, found {value}", hint=hint)
     return float(value)
 
 
@@ -276,23 +276,24 @@ class GenerationRequest:
         if self.image is not None:
             set_(self, "image", _path(self.image, "the image"))
         if self.frames is not None:
-            check_int(self.frames, "the frame count", 1)
+            check_int(self.frames, "the frame count", 1, hint="e.g. --frames 49 (1.0 models) or 81 (1.5)")
         if (self.height is None) != (self.width is None):
             raise UsageError("give both height and width", hint="e.g. --size 480x720")
         if self.height is not None:
-            check_int(self.height, "the height", 1)
-            check_int(self.width, "the width", 1)
+            check_int(self.height, "the height", 1, hint="e.g. --size 480x720")
+            check_int(self.width, "the width", 1, hint="e.g. --size 480x720")
         if self.fps is not None:
-            check_int(self.fps, "fps", 1, MAX_FPS)
+            check_int(self.fps, "fps", 1, MAX_FPS, hint="e.g. --fps 8 (1.0 models) or 16 (1.5)")
         if self.steps is not None:
-            check_int(self.steps, "the step count", 1, MAX_STEPS)
+            check_int(self.steps, "the step count", 1, MAX_STEPS, hint="CogVideoX models use 50; e.g. --steps 50")
         if self.guidance is not None:
-            set_(self, "guidance", check_number(self.guidance, "the guidance scale", 0.0))
+            scale = check_number(self.guidance, "the guidance scale", 0.0, hint="1 means no guidance; the models use 6")
+            set_(self, "guidance", scale)
         if self.sampler is not None:
             set_(self, "sampler", sampler_name(self.sampler))
         if self.seed is not None:
-            check_int(self.seed, "the seed", 0, MAX_SEED)
-        check_int(self.num_videos, "the number of videos", 1, MAX_VIDEOS)
+            check_int(self.seed, "the seed", 0, MAX_SEED, hint="e.g. --seed 42")
+        check_int(self.num_videos, "the number of videos", 1, MAX_VIDEOS, hint="e.g. -n 4")
         if self.decode not in DECODES:
             raise UsageError(f"unknown decode {self.decode!r}", hint=f"use one of: {', '.join(DECODES)}")
         if not isinstance(self.vae_tiling, bool):

@@ -161,6 +161,6 @@ def check_size(spec: ModelSpec, height: int, width: int) -> None:
 def parse_size(text: str) -> tuple[int, int]:
     """``480x720`` (height x width) -> (480, 720)."""
     parts = text.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise UsageError(f"bad size {text!r}", hint="write HEIGHTxWIDTH, e.g. --size 480x720")
     return int(parts[0]), int(parts[1])

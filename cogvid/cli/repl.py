@@ -139,9 +139,12 @@ def repl(
     from cogvid.prepare import resolve_model
     from cogvid.repl_session import ReplSession, check_template
 
+    from cogvid.video import check_output_folder
+
     template = options.request(image=image)
     model = resolve_model(template.model)
     check_template(template, model)  # every setting, before the model loads
+    check_output_folder(options.out)
     interactive = sys.stdin.isatty()
     session = ReplSession(template, options.out, TerminalUI(options.as_json), interactive=interactive)
     session.load(model)

@@ -7,8 +7,6 @@ latents by it before :meth:`VideoAutoencoder.decode`. Layout everywhere: (B, C, 
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from cogvid.checkpoint import check_keys
+from cogvid.checkpoint import check_keys, load_weights_file
 from cogvid.config import instantiate
 from cogvid.errors import CheckpointError, ConfigError, MissingFileError, UsageError
 from cogvid.spec import Generation
@@ -360,18 +358,7 @@ def read_vae_state(path: str | Path, ignore_keys: tuple[str, ...] = ("loss",)) -
             f"VAE checkpoint not found: {path}",
             hint="download the model's vae/3d-vae.pt into the weights folder (see `cogvid models show NAME`)",
         )
-    try:
-        try:
-            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(
-            f"cannot read VAE checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-            hint="the file is corrupt or not a PyTorch checkpoint; download vae/3d-vae.pt again",
-        ) from e
+    data = load_weights_file(path, what="VAE checkpoint", redownload="download vae/3d-vae.pt again")
     if not isinstance(data, Mapping) or not isinstance(data.get("state_dict"), Mapping):
         raise CheckpointError(
             f"{path} is not a CogVideoX VAE checkpoint: expected a top-level 'state_dict' mapping",

@@ -20,6 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 import cogvid  # noqa: E402
+from cogvid.request import GenerationRequest  # noqa: E402
 from e2e_reference import write_tiny_i2v_model  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def test_spec_and_frame_rules(v15):
     assert spec.generation == "1.5" and spec.task == "i2v"
     assert spec.latent_frames(17) == 6
     with pytest.raises(cogvid.CogvidError, match="16k\\+1"):
-        v15.resolve_request(_image(), 9, 48, 64)
+        v15.prepare(GenerationRequest("a red square", frames=9, height=48, width=64), picture=_image())
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_original_decode_gives_4_frames_per_latent_and_diffusers_option_gives_re
     assert video.metadata["latent_frames"] == 6 and video.metadata["requested_frames"] == 17
     assert torch.equal(seen["ofs"].cpu(), torch.tensor([2.0]))
     diffusers_style = v15.generate("a red square", image=_image(), height=48, width=64, steps=2, seed=1,
-                                   decode_schedule="1.5-diffusers")
+                                   decode="diffusers")
     assert diffusers_style.frames.shape == (17, 48, 64, 3)
 
 

@@ -21,10 +21,10 @@ def test_parse_path_and_scale(tmp_path):
     odd.mkdir()
     assert LoraSpec.parse(str(odd)) == LoraSpec(odd, 1.0)  # an existing folder with a colon in its name
     assert LoraSpec.parse(f"{odd}:2").scale == 2.0
-    for bad in ("runs/my-lora:strong", "runs/my-lora:nan", ":0.5"):
+    for bad in ("runs/my-lora:strong", "runs/my-lora:nan", ":0.5", "runs/my-lora:1e30", "runs/my-lora:-11"):
         with pytest.raises(UsageError):
             LoraSpec.parse(bad)
-    assert LoraSpec.parse("a:0.25").to_dict() == {"path": "a", "scale": 0.25}
+    assert LoraSpec.parse("a:0.25").to_json() == {"path": "a", "scale": 0.25}
 
 
 def test_rank_from_matrices_and_alpha_default_without_config(tmp_path):
