@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cogvid.errors import CogvidError, MissingFileError, UsageError
+from cogvid.errors import CogvidError, MissingFileError, UsageError, require_file
 from cogvid.request import GenerationRequest, parse_loras
 from cogvid.sidecar import read_request
 from cogvid.spec import parse_size
@@ -83,11 +83,7 @@ class Job:
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """The file's lines: UTF-8 (a BOM is dropped), LF, CRLF or CR line ends."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise MissingFileError(f"prompt file not found: {file}", hint="check the path of the prompt file")
-    if not file.is_file():
-        raise MissingFileError(f"not a file: {file}", hint="give a text file, one prompt per line, or a .jsonl file")
+    file = require_file(path, "prompt file", hint="give a text file, one prompt per line, or a .jsonl file")
     try:
         text = file.read_bytes().decode("utf-8-sig")
     except OSError as e:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class CogvidError(Exception):
     """Base class of every error cogvid reports to a user.
@@ -64,6 +67,16 @@ class Cancelled(CogvidError):
 
     def __init__(self, message: str = "interrupted", hint: str | None = None) -> None:
         super().__init__(message, hint)
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """``path`` (``~`` expanded) when it is an existing file; MissingFileError naming ``what`` otherwise."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise MissingFileError(f"{what} not found: {file}", hint=f"check the path of the {what}")
+    if not file.is_file():
+        raise MissingFileError(f"the {what} path is not a file: {file}", hint=hint)
+    return file
 
 
 class CogvidWarning(UserWarning):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cogvid.errors import MissingFileError, UsageError
+from cogvid.errors import MissingFileError, UsageError, require_file
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +35,7 @@ V15_SHORT_SIDE_LATENTS = 96  # 1.5-I2V: the short side is 96 latents (768 px)
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` as an RGB PIL image; MissingFileError (exit 3) if missing or unreadable."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise MissingFileError(f"image not found: {file}", hint="check the image path")
-    if not file.is_file():
-        raise MissingFileError(f"image path is not a file: {file}", hint="give the path of a PNG, JPEG or WebP image")
+    file = require_file(path, "image", hint="give the path of a PNG, JPEG or WebP image")
     try:
         with Image.open(file) as image:
             image.load()

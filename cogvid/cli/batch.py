@@ -38,89 +38,36 @@ BATCH_VIDEO_OPTIONS = tuple(
 STATUS_STYLES = {"done": "green", "skipped": "cyan", "failed": "red", "invalid": "red"}
 
 
-class BatchProgress:
-    """Renders a batch: an outer bar over its videos and an inner one over the current video's
-    stages, denoising steps and decode chunks (on a terminal); ``[i/n]`` stage lines otherwise."""
+class BatchProgress(console.ProgressRenderer):
+    """Renders a batch (a :class:`cogvid.batch_run.BatchObserver`): an outer bar over its videos and an
+    inner one over the current video's stages (on a terminal); ``[i/n]`` stage lines otherwise."""
 
     def __init__(self, quiet: bool = False, as_json: bool = False) -> None:
-        self.total = 0
+        super().__init__(quiet=quiet)
         self.as_json = as_json
-        self.live = console.err.is_terminal and not quiet
-        self.lines = console.ProgressRenderer(quiet=quiet or self.live)
-        self._progress: Any = None
-        self._prefix = ""
-        self._step_started: float | None = None
-        self._first_index = 0
-
-    def show(self) -> None:
-        if not self.live or self._progress is not None:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console.err,
-            transient=True,
-            redirect_stdout=False,  # results stay on stdout
-            redirect_stderr=False,
-        )
-        self._progress.start()
-        self._outer = self._progress.add_task("batch", total=self.total, info="")
-        self._inner = self._progress.add_task("", total=None, info="", visible=False)
+        self.total = 0
 
     def notice(self, text: str) -> None:
         console.warn(text) if text.startswith("removed") else console.err.print(text, markup=False)
 
     def start(self, total: int) -> None:
-        """Show the bars (on a terminal) for ``total`` videos."""
         self.total = total
-        self.show()
+        super().start(total)
 
     def video(self, position: int, unit: Any) -> None:
         """The ``position``-th video (1-based) of this run starts (a :class:`cogvid.batch_run.Unit`)."""
-        line = unit.job.line
-        self._prefix = f"[{position}/{self.total}] "
-        self.lines.prefix = self._prefix
-        self._step_started = None
+        self.prefix = f"[{position}/{self.total}] "
         if self._progress is not None:
-            self._progress.update(self._outer, description=f"batch · line {line}")
+            self._progress.update(self._outer, description=f"batch · line {unit.job.line}")
+
+    def progress(self, event: Any) -> None:
+        self(event)
 
     def advance(self) -> None:
         """The current video is finished (written, failed or skipped)."""
         if self._progress is not None:
             self._progress.advance(self._outer)
             self._progress.update(self._inner, visible=False)
-
-    def progress(self, event: Any) -> None:  # event: cogvid.pipeline.ProgressEvent
-        self.lines(event)
-        if self._progress is None:
-            return
-        label = console.ProgressRenderer.STAGE_LABELS.get(event.stage, event.stage)
-        if event.kind == "stage":
-            self._progress.reset(self._inner, total=None, description=f"{self._prefix}{label}", info="", visible=True)
-            self._step_started = None
-        elif event.kind == "stage_done" and event.stage == "loading":
-            console.err.print(f"[green]✓[/] {label} ({event.seconds:.1f} s)")
-        elif event.kind in ("step", "decode"):
-            now = time.perf_counter()
-            if self._step_started is None:
-                self._step_started, self._first_index = now, event.index - 1
-            rate = (now - self._step_started) / max(event.index - self._first_index, 1)
-            unit = "s/step" if event.kind == "step" else "s/chunk"
-            self._progress.update(self._inner, total=event.total, completed=event.index, info=f"{rate:.2f} {unit}")
 
     def written(self, path: Path, video: Any, unit: Any) -> None:
         """A finished video: its JSON record (--json), or its path on stdout (above the bars on a terminal)."""
@@ -134,12 +81,6 @@ class BatchProgress:
     def failed(self, unit: Any, error: BaseException) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         console.print_error(f"line {unit.job.line}: {message}", getattr(error, "hint", None))
-
-    def close(self) -> None:
-        self.lines.close()
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 def print_summary(results: list, seconds: float) -> None:

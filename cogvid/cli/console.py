@@ -59,10 +59,9 @@ def _escape(text: str) -> str:
 
 
 class ProgressRenderer:
-    """Renders pipeline ProgressEvents: a line per stage, bars over denoising steps and decode chunks.
-
-    On a terminal the bars are live (s/step and ETA); otherwise only plain stage lines are printed.
-    """
+    """Renders pipeline ProgressEvents on stderr: a line per stage and, on a terminal, a live bar over
+    the denoising steps or decode chunks (s/step and ETA). After :meth:`start` (a batch) the bars stay
+    up: an outer one over the videos and an inner one over the current video's stages."""
 
     STAGE_LABELS = {
         "loading": "loading model",
@@ -77,56 +76,63 @@ class ProgressRenderer:
         self.quiet = quiet
         self.prefix = prefix
         self.live = err.is_terminal and not quiet
-        self._progress = None
-        self._task = None
+        self.batch = False
+        self._progress: Any = None
+        self._outer: Any = None
+        self._inner: Any = None
+        self._started: float | None = None
+        self._first_index = 0
 
-    def _bar(self, description: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def _bars(self, outer_total: int | None = None) -> Any:
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self._close_bar()
-        self._progress = Progress(
-            TextColumn(f"{self.prefix}{description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total, rate="")
-        self._started = None
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=err, transient=True, redirect_stdout=False, redirect_stderr=False,  # results stay on stdout
+            )
+            self._progress.start()
+            if outer_total is not None:
+                self._outer = self._progress.add_task("batch", total=outer_total, info="")
+            self._inner = self._progress.add_task("", total=None, info="", visible=False)
+        return self._progress
 
-    def _close_bar(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    def start(self, total: int) -> None:
+        """A batch of ``total`` videos begins: keep the bars up between videos."""
+        self.batch = True
+        if self.live:
+            self._bars(outer_total=total)
 
-    def __call__(self, event) -> None:  # event: cogvid.pipeline.ProgressEvent
+    def __call__(self, event: Any) -> None:  # event: cogvid.pipeline.ProgressEvent
         import time
 
         if self.quiet:
             return
         label = self.STAGE_LABELS.get(event.stage, event.stage)
         if event.kind == "stage":
-            if self.live and event.stage in ("denoising", "decoding"):
-                return  # the bar appears with the first step
+            self._started = None
             if not self.live:
-                err.print(f"{self.prefix}{label}...")
+                err.print(f"{self.prefix}{label}...", markup=False)
+            elif self.batch:
+                self._progress.reset(self._inner, total=None, description=f"{self.prefix}{label}", info="", visible=True)
         elif event.kind == "stage_done":
-            self._close_bar()
-            err.print(f"{self.prefix}[green]✓[/] {label} ({event.seconds:.1f} s)")
+            if self.live and not self.batch:
+                self.close()  # one bar per stage
+            if not (self.live and self.batch):
+                err.print(f"{self.prefix}[green]✓[/] {label} ({event.seconds:.1f} s)")
+            elif event.stage == "loading":
+                err.print(f"[green]✓[/] {label} ({event.seconds:.1f} s)")
         elif event.kind in ("step", "decode") and self.live:
-            if self._progress is None:
-                self._bar(label, event.total)
-                self._started = time.perf_counter()
-                self._first_index = event.index - 1
-            done = event.index - self._first_index
-            rate = (time.perf_counter() - self._started) / max(done, 1)
+            bars, now = self._bars(), time.perf_counter()
+            if self._started is None:
+                self._started, self._first_index = now, event.index - 1
+                bars.update(self._inner, description=f"{self.prefix}{label}", visible=True)
+            rate = (now - self._started) / max(event.index - self._first_index, 1)
             unit = "s/step" if event.kind == "step" else "s/chunk"
-            self._progress.update(self._task, completed=event.index, rate=f"{rate:.2f} {unit}")
+            bars.update(self._inner, total=event.total, completed=event.index, info=f"{rate:.2f} {unit}")
 
     def close(self) -> None:
-        self._close_bar()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -49,11 +49,14 @@ def run_videos(request: GenerationRequest, options: CliOptions) -> None:
     if request.seed is None:
         console.err.print(f"seed: {prepared.request.seed}")
     videos = prepared.videos()
-    for index, video_request in enumerate(videos):
-        renderer.prefix = f"[{index + 1}/{len(videos)}] " if len(videos) > 1 else ""
-        video = pipe.run(video_request, callback=renderer)
-        path = write(video, options.out, renderer)
-        report(path, video, options.as_json)
+    try:
+        for index, video_request in enumerate(videos):
+            renderer.prefix = f"[{index + 1}/{len(videos)}] " if len(videos) > 1 else ""
+            video = pipe.run(video_request, callback=renderer)
+            path = write(video, options.out, renderer)
+            report(path, video, options.as_json)
+    finally:
+        renderer.close()
 
 
 def write(video: Any, out: Path, renderer: Any) -> Path:
