@@ -58,6 +58,10 @@ def _mapping(value: Any) -> str | None:
     return None if isinstance(value, Mapping) else "a mapping"
 
 
+def _optional_mapping(value: Any) -> str | None:
+    return None if value is None or isinstance(value, Mapping) else "a mapping"
+
+
 def _patch_size(value: Any) -> str | None:
     if _is_int(value) and value > 0:
         return None
@@ -94,7 +98,7 @@ DIT_PARAMETERS: dict[str, DitParameter] = {
     "elementwise_affine": DitParameter(True, _boolean),
     "time_embed_dim": DitParameter(False, _optional_positive_int),
     "num_classes": DitParameter(False, _null),
-    "modules": DitParameter(False, _mapping),
+    "modules": DitParameter(False, _optional_mapping),
     "input_time": DitParameter(False, _adaln),
     "adm_in_channels": DitParameter(False, _optional_positive_int),
     "parallel_output": DitParameter(False, _boolean),
@@ -170,9 +174,12 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
         if expected is not None:
             raise fail(f"transformer_args.{key}", f"expected {expected}, found {value!r}")
 
+    def culprit(*keys: str) -> str:  # of keys that must agree, the one a --set changed (else the first)
+        return next((key for key in keys if origin is not None and origin(f"{NETWORK_PARAMS}.{key}") == "--set"), keys[0])
+
     hidden, heads = params["hidden_size"], params["num_attention_heads"]
     if hidden % heads:
-        raise fail("hidden_size", f"{hidden} is not divisible by num_attention_heads {heads}")
+        raise fail(culprit("hidden_size", "num_attention_heads"), f"hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     modules = params.get("modules") or {}
     missing = [name for name in DIT_MODULES if name not in modules]
     if missing:
@@ -181,7 +188,7 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
     pos_target = targets.get(str(pos_config.get("target"))) if isinstance(pos_config, Mapping) else None
     if pos_target and pos_target.endswith(":Rotary3DPositionEmbeddingMixin") and not rope_fits(hidden // heads):
         raise fail(
-            "hidden_size",
+            culprit("hidden_size", "num_attention_heads"),
             f"3D RoPE cannot split a head of {hidden // heads} channels (hidden_size / num_attention_heads) "
             "into its t, h, w parts",
             hint="use a head size that is a multiple of 16 (the released models use 64)",
@@ -196,7 +203,7 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
     ph, pw = (patch, patch) if _is_int(patch) else (patch[1], patch[2])
     for key, size, step in (("latent_height", params["latent_height"], ph), ("latent_width", params["latent_width"], pw)):
         if size % step:
-            raise fail(key, f"{size} is not a multiple of the spatial patch size {step}")
+            raise fail(culprit(key, "patch_size"), f"{key} {size} is not a multiple of the spatial patch size {step}")
 
 
 # --------------------------------------------------------------------------------------------
