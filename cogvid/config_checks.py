@@ -209,11 +209,11 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
 # --------------------------------------------------------------------------------------------
 # args: the keys inference reads (every `args.get(...)`/`cfg.args` in cogvid/: spec.py, engine.py)
 
-INFERENCE_ARGS: dict[str, str] = {
-    "sampling_fps": "fps of the written video (an explicit --fps wins)",
-    "sampling_num_frames": "default length, in latent frames (--frames wins)",
-    "sampling_image_size": "default [height, width] (--size wins)",
-}
+INFERENCE_ARGS = (
+    "sampling_fps",  # fps of the written video (an explicit --fps wins)
+    "sampling_num_frames",  # default length, in latent frames (--frames wins)
+    "sampling_image_size",  # default [height, width] of a 1.5 model (--size wins; 1.0's is fixed)
+)
 # Read only for a model given by --config files alone; a registry model fixes them.
 CONFIG_ONLY_ARGS: dict[str, str] = {
     "fp16": "use --dtype fp16",
