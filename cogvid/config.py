@@ -16,11 +16,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cogvid.config_checks import (
+    DIT_TARGET,
+    NETWORK_PARAMS,
+    check_args_values,
+    check_dit_params,
+    check_override_args,
+    effective_args,
+)
 from cogvid.errors import ConfigError
+from cogvid.safe_yaml import parse_value, read_yaml
 
 _SGM = "sgm.modules.diffusionmodules"
 
@@ -107,20 +115,7 @@ def _read_yaml(path: Path) -> DictConfig:
             f"config file not found: {path}",
             hint="check the path; bundled configs are listed by `cogvid models show NAME`",
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(
-            f"malformed YAML in {where}: {problem}",
-            hint="fix the YAML syntax at that line (indentation, a missing ':' or quote)",
-        ) from e
+    data = read_yaml(path, "config file")  # refuses oversized and alias-bomb files before any copy
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -158,11 +153,15 @@ def load_config(
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    registry_model: bool | None = None,
 ) -> DictConfig:
     """Merge ``defaults`` < each YAML file in order < ``--set`` style ``overrides``.
 
-    Every ``target`` in the result is checked against the allow-list, so a typo fails here
-    with the file and dotted key, before anything heavy is built.
+    Every ``target`` in the result is checked against the allow-list, and the DiT's parameters
+    and the inference ``args`` are checked (:func:`check_model`), so a typo or a bad value fails
+    here with the file and dotted key, before anything heavy is built. ``registry_model``: a
+    registry entry supplies the task, dtype and weights (default: when it gives ``defaults``),
+    so ``--set`` of the ``args`` keys that would decide them is refused.
     """
     _origins.clear()
     layers: list[tuple[str, DictConfig]] = []
@@ -180,9 +179,39 @@ def load_config(
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot merge {where}: {e}") from e
     assert isinstance(merged, DictConfig)
-    apply_overrides(merged, overrides)
+    apply_overrides(merged, overrides, registry_model=defaults is not None if registry_model is None else registry_model)
     check_targets(merged)
+    check_model(merged)
     return merged
+
+
+def _plain_node(cfg: DictConfig, key: str) -> Any:
+    node = OmegaConf.select(cfg, key)
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key}: {e}") from e
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Check the DiT's parameters and the inference ``args`` of a merged config (torch-free).
+
+    A ConfigError names the first unknown DiT parameter (with close matches), a size or count
+    that is not a positive integer, a head size the position embedding cannot split, or an
+    ``args`` value inference cannot use. Configs without a DiT (an inference YAML alone) only
+    get the ``args`` check.
+    """
+    network = None
+    if TARGETS.get(str(OmegaConf.select(cfg, "model.network_config.target"))) == DIT_TARGET:
+        network = _plain_node(cfg, NETWORK_PARAMS)
+        if not isinstance(network, Mapping):
+            raise ConfigError(f"{NETWORK_PARAMS}: expected a mapping, found {_type_name(network)}")
+        check_dit_params(network, TARGETS, origin)
+    args = _plain_node(cfg, "args")
+    if isinstance(args, Mapping):
+        check_args_values(args, network, origin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,15 +265,16 @@ def parse_override(text: str) -> tuple[str, Any, bool]:
             f"bad --set value {text!r}: expected KEY=VALUE with a dotted key",
             hint="for example: --set args.sampling_fps=16 or --set model.scale_factor=0.7",
         )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw, f"--set {key}") if raw.strip() else ""
     return key, value, add
 
 
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """Apply ``--set`` overrides in place: the key must exist (``+key=`` adds one) and keep its type."""
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], registry_model: bool = False) -> None:
+    """Apply ``--set`` overrides in place: the key must exist (``+key=`` adds one) and keep its type.
+
+    An ``args`` key that inference does not read is refused (``registry_model``: also those a
+    registry entry decides), with the keys that do have an effect in the hint.
+    """
     for text in overrides:
         key, value, add = parse_override(text)
         parts = key.split(".")
@@ -258,18 +288,24 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 )
             if part not in node:
                 if add:
+                    check_override_args(key, value, registry_model)
                     if last:
                         node[part] = value
+                        _origins[key] = "--set"
                         break
                     node[part] = {}
                 else:
-                    close = _closest_keys(node, part)
+                    if parts[0] == "args":  # suggest only keys with an effect; a new args key would have none
+                        allowed = effective_args(registry_model)
+                        close = difflib.get_close_matches(part, allowed, n=1, cutoff=0.6) if depth == 1 else []
+                        how = "args keys with an effect: " + ", ".join(allowed)
+                    else:
+                        close = _closest_keys(node, part)
+                        how = f"use +{key}=VALUE to add a new key"
                     suggestion = f"did you mean {', '.join('.'.join(parts[:depth] + [c]) for c in close)}? " if close else ""
-                    raise ConfigError(
-                        f"--set {key}: no key {here!r} in the configuration",
-                        hint=f"{suggestion}use +{key}=VALUE to add a new key",
-                    )
+                    raise ConfigError(f"--set {key}: no key {here!r} in the configuration", hint=suggestion + how)
             if last:
+                check_override_args(key, value, registry_model)
                 old = node[part]
                 if not _compatible(old, value):
                     raise ConfigError(

@@ -192,11 +192,16 @@ def _training_lora_params(source: Path) -> tuple[int | None, float, str]:
     if config.is_file():
         from omegaconf import OmegaConf
 
+        from cogvid.safe_yaml import read_yaml
+
+        data = read_yaml(config, "LoRA training config")  # refuses oversized and alias-bomb files first
         try:
-            node = OmegaConf.select(OmegaConf.load(config), "model.network_config.params.modules.lora_config.params")
-        except Exception as e:  # a broken YAML: OmegaConf/yaml raise several error types
+            node = OmegaConf.select(OmegaConf.create(data or {}), "model.network_config.params.modules.lora_config.params")
+            params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        except Exception as e:  # not a mapping, a bad interpolation: OmegaConf raises several error types
             raise CheckpointError(f"cannot read {config}: {str(e).splitlines()[0]}") from e
-        params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{config}: model.network_config.params.modules.lora_config.params is not a mapping")
         rank = _int_or_none(params.get("r"), config)
         if params.get("lora_alpha") is not None:
             return rank, float(params["lora_alpha"]), str(config)
@@ -232,12 +237,13 @@ def fitting_models(lora: LoraWeights) -> list[str]:
     from omegaconf import OmegaConf
 
     from cogvid.registry import load_registry
+    from cogvid.safe_yaml import read_yaml
 
     names = []
     for entry in load_registry().values():
         params: dict[str, Any] = {}
         for file in entry.config_files():
-            node = OmegaConf.select(OmegaConf.load(file), "model.network_config.params")
+            node = OmegaConf.select(OmegaConf.create(read_yaml(file) or {}), "model.network_config.params")
             if node is not None:
                 params.update({k: node.get(k) for k in ("hidden_size", "num_layers") if node.get(k) is not None})
         if params and lora.fits(int(params["hidden_size"]), int(params["num_layers"])) is None:

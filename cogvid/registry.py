@@ -13,10 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from cogvid.errors import CogvidError, ConfigError, MissingFileError, UsageError
 from cogvid.layout import resolve_checkpoint_file
+from cogvid.safe_yaml import read_yaml
 from cogvid.spec import Generation
 
 if TYPE_CHECKING:
@@ -212,15 +211,7 @@ def user_registry_file() -> Path:
 
 
 def _read_registry(source: Path) -> dict[str, Any]:
-    try:
-        with open(source, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else str(source)
-        raise ConfigError(f"malformed YAML in {where}: {getattr(e, 'problem', e)}") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read model registry {source}: {e}") from e
+    data = read_yaml(source, "model registry") or {}  # refuses oversized and alias-bomb files
     if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
         raise ConfigError(f"{source}: expected `models:` mapping names to entries")
     return data.get("models") or {}

@@ -90,10 +90,19 @@ def show_model(
     from cogvid.request import ModelChoice
 
     resolved = resolve_model(ModelChoice(name, weights, tuple(config), tuple(overrides)))
-    entry, cfg = resolved.entry, resolved.cfg
+    entry, cfg, spec = resolved.entry, resolved.cfg, resolved.spec
     summary = entry.summary(weights)
     summary["description"] = entry.description
     summary["config_files"] = [str(p) for p in entry.config_files()]
+    # What a generation with this configuration uses unless --frames / --size / --fps say otherwise
+    # (image-to-video: the size follows the image).
+    t2v = entry.task == "t2v"
+    summary["generation_defaults"] = {
+        "frames": spec.default_frames,
+        "fps": spec.fps,
+        "height": spec.default_height if t2v else None,
+        "width": spec.default_width if t2v else None,
+    }
     if as_json:
         summary["config"] = OmegaConf.to_container(cfg, resolve=True)
         console.print_json(summary)
@@ -108,6 +117,10 @@ def show_model(
         f"task {entry.task} · CogVideoX {entry.generation} · {entry.parameters} parameters · "
         f"{entry.width}x{entry.height} x {entry.frames} frames @ {entry.fps} fps · {entry.dtype}"
     )
+    run = summary["generation_defaults"]
+    if (run["frames"], run["fps"]) != (entry.frames, entry.fps) or t2v and (run["height"], run["width"]) != (entry.height, entry.width):
+        size = f"{run['width']}x{run['height']}" if t2v else "the image's size"
+        out.print(f"with this configuration: {size} x {run['frames']} frames @ {run['fps']} fps")
     out.print("config files: " + ", ".join(summary["config_files"]))
     out.print(f"\n[bold]Weights[/] in {summary['model_dir']}:")
     for part, info in summary["weights"].items():

@@ -94,13 +94,13 @@ def test_precedence_defaults_model_inference_extra_set(tmp_path):
         ("args.sampling_fps=16", 16),
         ("model.scale_factor=0.5", 0.5),
         ("args.bf16=false", False),
-        ("args.sampling_image_size=[240, 360]", [240, 360]),
-        ("args.output_dir=my videos", "my videos"),
+        ("args.sampling_image_size=[240, 368]", [240, 368]),  # 1.5: any size; 1.0's is fixed (test_config_safety)
+        ("model.first_stage_config.params.ckpt_path=my vae.pt", "my vae.pt"),
     ],
 )
 def test_set_overrides_are_typed(text, expected):
     cfg = load_config(
-        [configs_dir() / "models" / "cogvideox_5b.yaml", configs_dir() / "inference" / "cogvideox_5b.yaml"], [text]
+        [configs_dir() / "models" / "cogvideox1.5_5b.yaml", configs_dir() / "inference" / "cogvideox1.5_5b.yaml"], [text]
     )
     key = text.split("=")[0]
     value = OmegaConf.select(cfg, key)
@@ -112,12 +112,17 @@ def test_set_missing_key_names_it_and_suggests():
     with pytest.raises(ConfigError) as e:
         load_config([configs_dir() / "inference" / "cogvideox_5b.yaml"], ["args.sampling_fsp=16"])
     assert "args.sampling_fsp" in str(e.value)
-    assert "args.sampling_fps" in e.value.hint and "+args.sampling_fsp" in e.value.hint
+    # a new args key would have no effect (test_config_safety), so the hint lists the keys that do
+    assert "args.sampling_fps" in e.value.hint and "+args.sampling_fsp" not in e.value.hint
+    with pytest.raises(ConfigError) as e:
+        load_config([configs_dir() / "models" / "cogvideox_5b.yaml"], ["model.scale_factr=0.5"])
+    assert "model.scale_factor" in e.value.hint and "+model.scale_factr" in e.value.hint
 
 
 def test_set_plus_adds_a_new_key():
-    cfg = load_config([configs_dir() / "inference" / "cogvideox_5b.yaml"], ["+args.seed=7", "+args.extra.deep=x"])
-    assert cfg.args.seed == 7 and cfg.args.extra.deep == "x"
+    inference = configs_dir() / "inference" / "cogvideox1.5_5b_i2v.yaml"  # has no sampling_image_size
+    cfg = load_config([inference], ["+model.extra.deep=x", "+args.sampling_image_size=[480, 720]"])
+    assert cfg.model.extra.deep == "x" and list(cfg.args.sampling_image_size) == [480, 720]
 
 
 @pytest.mark.parametrize(
