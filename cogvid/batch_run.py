@@ -73,6 +73,10 @@ class BatchPlan:
     def lead(self) -> bool:
         return self.rank == 0
 
+    def invalid_results(self) -> list[JobResult]:
+        """A result for every bad line of the file (what a dry run reports)."""
+        return [JobResult(job.line, job.prompt, "invalid", error=job.error) for job in self.jobs if not job.ok]
+
     def announced(self) -> list[Job]:
         """The bad lines this process reports (rank 0 all of them when results are gathered)."""
         if self.world_size == 1 or self.gathered:
@@ -131,15 +135,20 @@ class BatchRun:
     resume: bool = False
     fps: int | None = None
     debug: bool = False
-    tracker: Any = None  # a cogvid.tracking.WandbLogger
+    wandb: str | None = None  # a Weights & Biases project to log each video to
     write_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     results: list[JobResult] = field(default_factory=list)
+    tracker: Any = None  # the WandbLogger, while the batch runs
 
 
 def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
     """Make this rank's videos of ``plan`` (skipping complete ones with ``run.resume``); returns every
     result, the invalid lines' included. A failing video is reported and the batch goes on; Ctrl-C
     (KeyboardInterrupt or Cancelled) stops it, with ``run.results`` holding what finished."""
+    if run.wandb:
+        from cogvid.tracking import require_credentials
+
+        require_credentials()  # before anything loads
     results = run.results
     results.extend(JobResult(job.line, job.prompt, "invalid", error=job.error, rank=plan.rank) for job in plan.invalid)
     with claim_output_folder(run.out) as removed:
@@ -159,29 +168,45 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
             run.observer.notice(f"{who}resume: {complete} video(s) already complete, {len(pending)} to make")
         if not pending:
             return results
-        run.observer.start(len(pending))
-        _, world_size, local_rank = rank_info()
-        groups: dict[tuple[LoraSpec, ...], list[Unit]] = {}
-        for unit in pending:  # one model load per LoRA combination (they are merged at load time)
-            groups.setdefault(unit.loras, []).append(unit)
-        position = 1
-        for loras, units in groups.items():
-            from cogvid.pipeline import load
+        if run.wandb:
+            from cogvid.tracking import WandbLogger
 
-            pipe = None  # the previous model is freed before the next one loads
-            choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
-            try:
-                pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
-            except (CheckpointError, UsageError) as e:  # e.g. a line's LoRA that does not fit: its lines fail
-                for unit in units:
-                    run.observer.video(position, unit)
-                    _failed(unit, e, 0.0, plan, run)
-                    position += 1
-                continue
-            for unit in units:
-                _make(pipe, unit, position, plan, run)
-                position += 1
+            name = plan.file.stem
+            group = f"batch-{name}" if plan.world_size > 1 else None
+            config = {"model": plan.model.name, "file": str(plan.file), "loras": [s.to_json() for s in plan.model.choice.loras]}
+            run.tracker = WandbLogger(run.wandb, config, group=group, name=f"{name}-rank{plan.rank}" if group else None)
+        try:
+            _make_all(plan, run, pending)
+        finally:
+            if run.tracker is not None:
+                run.tracker.finish()
     return results
+
+
+def _make_all(plan: BatchPlan, run: BatchRun, pending: list[Unit]) -> None:
+    """Load the model once per LoRA combination and make its videos."""
+    run.observer.start(len(pending))
+    _, world_size, local_rank = rank_info()
+    groups: dict[tuple[LoraSpec, ...], list[Unit]] = {}
+    for unit in pending:  # one model load per LoRA combination (they are merged at load time)
+        groups.setdefault(unit.loras, []).append(unit)
+    position = 1
+    for loras, units in groups.items():
+        from cogvid.pipeline import load
+
+        pipe = None  # the previous model is freed before the next one loads
+        choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
+        try:
+            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+        except (CheckpointError, UsageError) as e:  # e.g. a line's LoRA that does not fit: its lines fail
+            for unit in units:
+                run.observer.video(position, unit)
+                _failed(unit, e, 0.0, plan, run)
+                position += 1
+            continue
+        for unit in units:
+            _make(pipe, unit, position, plan, run)
+            position += 1
 
 
 def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) -> None:

@@ -63,6 +63,27 @@ def resolve_model(choice: ModelChoice = ModelChoice()) -> ResolvedModel:
     return ResolvedModel(label, entry, cfg, spec, paths, choice.replace(name=name))
 
 
+def describe_model(choice: ModelChoice) -> dict[str, Any]:
+    """What ``cogvid models show`` reports for a registry model with ``choice``'s --config/--set: its
+    registry entry, weights, merged configuration and the defaults a generation would use."""
+    from omegaconf import OmegaConf
+
+    model = resolve_model(choice)
+    entry, spec = model.entry, model.spec
+    if entry is None:
+        raise UsageError("`cogvid models show` takes a model name", hint="see `cogvid models list`")
+    summary = entry.summary(choice.weights)
+    t2v = entry.task == "t2v"  # image-to-video: the size follows the image
+    summary.update(
+        description=entry.description,
+        config_files=[str(p) for p in entry.config_files()],
+        generation_defaults={"frames": spec.default_frames, "fps": spec.fps,
+                             "height": spec.default_height if t2v else None, "width": spec.default_width if t2v else None},
+        config=OmegaConf.to_container(model.cfg, resolve=True),
+    )
+    return summary
+
+
 @dataclass(frozen=True)
 class SamplerChoice:
     """The sampler a video runs: its public name, its configuration node, steps and guidance scale."""
@@ -126,6 +147,12 @@ class PreparedRequest:
         """The initial noise shape (B, T, C, H/8, W/8)."""
         h, w = self.height // SPATIAL_COMPRESSION, self.width // SPATIAL_COMPRESSION
         return (1, self.latent_frames, self.spec.latent_channels, h, w)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``--dry-run`` reports: the model, the resolved request, the pixel size and the weights' status."""
+        statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in self.model.paths.statuses()]
+        return {"model": self.model.name, "request": self.request.to_json(), "height": self.height, "width": self.width,
+                "latent_frames": self.latent_frames, "weights": statuses}
 
     def videos(self) -> list[PreparedRequest]:
         """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""
@@ -193,4 +220,4 @@ def image_size_v15(picture: Image.Image) -> tuple[int, int]:
     return latent_h * SPATIAL_COMPRESSION, latent_w * SPATIAL_COMPRESSION
 
 
-__all__ = ["PreparedRequest", "ResolvedModel", "SamplerChoice", "prepare", "resolve_model", "resolve_sampler"]
+__all__ = ["PreparedRequest", "ResolvedModel", "SamplerChoice", "describe_model", "prepare", "resolve_model", "resolve_sampler"]

@@ -14,6 +14,7 @@ This module imports no torch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -193,27 +194,11 @@ class ModelChoice:
     offload: bool = False
 
     def __post_init__(self) -> None:
-        if self.name is not None:
-            check_text(self.name, "the model name")
-            if not self.name.strip():
-                raise UsageError("the model name is empty", hint="see `cogvid models list`")
-        if self.weights is not None:
-            object.__setattr__(self, "weights", _path(self.weights, "the weights root"))
-        if isinstance(self.configs, (str, Path)):
-            object.__setattr__(self, "configs", (self.configs,))
-        object.__setattr__(self, "configs", tuple(_path(c, "a config file") for c in self.configs))
-        if isinstance(self.overrides, str):
-            object.__setattr__(self, "overrides", (self.overrides,))
-        object.__setattr__(self, "overrides", tuple(check_text(o, "a --set value") for o in self.overrides))
-        object.__setattr__(self, "loras", parse_loras(self.loras))
-        check_text(self.device, "the device")
-        if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPE_ALIASES:
-            raise UsageError(f"unknown dtype {self.dtype!r}", hint="use fp32, fp16 or bf16")
-        if not isinstance(self.offload, bool):
-            raise ArgumentTypeError(f"offload must be true or false, found {_shown(self.offload)}")
+        _check_fields(self, _CHOICE_CHECKS, [f.name for f in dataclasses.fields(self)])
 
     def replace(self, **changes: Any) -> ModelChoice:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, each checked."""
+        return _replaced(self, _CHOICE_CHECKS, changes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -270,36 +255,7 @@ class GenerationRequest:
     model: ModelChoice = field(default_factory=ModelChoice)
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        check_text(self.prompt, "the prompt")
-        set_(self, "negative", check_text(self.negative, "the negative prompt"))
-        if self.image is not None:
-            set_(self, "image", _path(self.image, "the image"))
-        if self.frames is not None:
-            check_int(self.frames, "the frame count", 1, hint="e.g. --frames 49 (1.0 models) or 81 (1.5)")
-        if (self.height is None) != (self.width is None):
-            raise UsageError("give both height and width", hint="e.g. --size 480x720")
-        if self.height is not None:
-            check_int(self.height, "the height", 1, hint="e.g. --size 480x720")
-            check_int(self.width, "the width", 1, hint="e.g. --size 480x720")
-        if self.fps is not None:
-            check_int(self.fps, "fps", 1, MAX_FPS, hint="e.g. --fps 8 (1.0 models) or 16 (1.5)")
-        if self.steps is not None:
-            check_int(self.steps, "the step count", 1, MAX_STEPS, hint="CogVideoX models use 50; e.g. --steps 50")
-        if self.guidance is not None:
-            scale = check_number(self.guidance, "the guidance scale", 0.0, hint="1 means no guidance; the models use 6")
-            set_(self, "guidance", scale)
-        if self.sampler is not None:
-            set_(self, "sampler", sampler_name(self.sampler))
-        if self.seed is not None:
-            check_int(self.seed, "the seed", 0, MAX_SEED, hint="e.g. --seed 42")
-        check_int(self.num_videos, "the number of videos", 1, MAX_VIDEOS, hint="e.g. -n 4")
-        if self.decode not in DECODES:
-            raise UsageError(f"unknown decode {self.decode!r}", hint=f"use one of: {', '.join(DECODES)}")
-        if not isinstance(self.vae_tiling, bool):
-            raise ArgumentTypeError(f"vae_tiling must be true or false, found {_shown(self.vae_tiling)}")
-        if not isinstance(self.model, ModelChoice):
-            raise ArgumentTypeError(f"model must be a ModelChoice, found {_shown(self.model)}")
+        _check_fields(self, _REQUEST_CHECKS, [f.name for f in dataclasses.fields(self)])
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -307,11 +263,12 @@ class GenerationRequest:
         return None if self.height is None or self.width is None else (self.height, self.width)
 
     def replace(self, **changes: Any) -> GenerationRequest:
-        """A copy with ``changes`` (validated again); ``size=(h, w)`` sets both sides."""
+        """A copy with ``changes``, each checked (the values kept were checked when set); ``size=(h, w)``
+        sets both sides."""
         if "size" in changes:
             size = changes.pop("size")
             changes["height"], changes["width"] = size if size is not None else (None, None)
-        return dataclasses.replace(self, **changes)
+        return _replaced(self, _REQUEST_CHECKS, changes)
 
     def to_json(self) -> dict[str, Any]:
         """The versioned JSON form stored in sidecars (``schema`` first)."""
@@ -341,6 +298,107 @@ class GenerationRequest:
         if "model" in values:
             values["model"] = ModelChoice.from_json(values["model"])
         return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-field checks: each returns the value to store (normalized), or raises. A value is checked
+# when it is set, at construction or by ``replace``, and never again.
+
+
+def _name(value: Any) -> str | None:
+    if value is not None and not check_text(value, "the model name").strip():
+        raise UsageError("the model name is empty", hint="see `cogvid models list`")
+    return value
+
+
+def _tuple_of(check: Any, what: str) -> Any:
+    def checked(value: Any) -> tuple:
+        items = (value,) if isinstance(value, (str, Path)) else tuple(value)
+        return tuple(check(item, what) for item in items)
+
+    return checked
+
+
+def _dtype(value: Any) -> str | None:
+    if value is not None and value != "auto" and value not in DTYPE_ALIASES:
+        raise UsageError(f"unknown dtype {value!r}", hint="use fp32, fp16 or bf16")
+    return value
+
+
+def _flag(what: str) -> Any:
+    def checked(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ArgumentTypeError(f"{what} must be true or false, found {_shown(value)}")
+        return value
+
+    return checked
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: None if value is None else check(value)
+
+
+_CHOICE_CHECKS: dict[str, Any] = {
+    "name": _name,
+    "weights": _optional(lambda v: _path(v, "the weights root")),
+    "configs": _tuple_of(_path, "a config file"),
+    "overrides": _tuple_of(check_text, "a --set value"),
+    "loras": parse_loras,
+    "device": lambda v: check_text(v, "the device"),
+    "dtype": _dtype,
+    "offload": _flag("offload"),
+}
+
+
+def _model(value: Any) -> ModelChoice:
+    if not isinstance(value, ModelChoice):
+        raise ArgumentTypeError(f"model must be a ModelChoice, found {_shown(value)}")
+    return value
+
+
+def _decode(value: Any) -> str:
+    if value not in DECODES:
+        raise UsageError(f"unknown decode {value!r}", hint=f"use one of: {', '.join(DECODES)}")
+    return value
+
+
+_SIZE_HINT = "e.g. --size 480x720"
+_REQUEST_CHECKS: dict[str, Any] = {
+    "prompt": lambda v: check_text(v, "the prompt"),
+    "negative": lambda v: check_text(v, "the negative prompt"),
+    "image": _optional(lambda v: _path(v, "the image")),
+    "frames": _optional(lambda v: check_int(v, "the frame count", 1, hint="e.g. --frames 49 (1.0 models) or 81 (1.5)")),
+    "height": _optional(lambda v: check_int(v, "the height", 1, hint=_SIZE_HINT)),
+    "width": _optional(lambda v: check_int(v, "the width", 1, hint=_SIZE_HINT)),
+    "fps": _optional(lambda v: check_int(v, "fps", 1, MAX_FPS, hint="e.g. --fps 8 (1.0 models) or 16 (1.5)")),
+    "steps": _optional(lambda v: check_int(v, "the step count", 1, MAX_STEPS, hint="CogVideoX models use 50; e.g. --steps 50")),
+    "guidance": _optional(lambda v: check_number(v, "the guidance scale", 0.0, hint="1 means no guidance; the models use 6")),
+    "sampler": _optional(sampler_name),
+    "seed": _optional(lambda v: check_int(v, "the seed", 0, MAX_SEED, hint="e.g. --seed 42")),
+    "num_videos": lambda v: check_int(v, "the number of videos", 1, MAX_VIDEOS, hint="e.g. -n 4"),
+    "decode": _decode,
+    "vae_tiling": _flag("vae_tiling"),
+    "model": _model,
+}
+
+
+def _check_fields(obj: Any, checks: dict[str, Any], names: Any) -> None:
+    """Check (and normalize in place) the fields ``names`` of a frozen dataclass instance."""
+    for name in names:
+        object.__setattr__(obj, name, checks[name](getattr(obj, name)))
+    if isinstance(obj, GenerationRequest) and (obj.height is None) != (obj.width is None):
+        raise UsageError("give both height and width", hint=_SIZE_HINT)
+
+
+def _replaced(obj: Any, checks: dict[str, Any], changes: dict[str, Any]) -> Any:
+    unknown = set(changes) - set(checks)
+    if unknown:
+        raise ArgumentTypeError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    new = copy.copy(obj)
+    for name, value in changes.items():
+        object.__setattr__(new, name, value)
+    _check_fields(new, checks, changes)
+    return new
 
 
 def _mapping(data: Any, where: str, known: set[str]) -> Mapping[str, Any]:

@@ -42,6 +42,18 @@ def read_request(path: str | os.PathLike) -> GenerationRequest:
     return _legacy_request(data, path)
 
 
+def replay_request(path: str | os.PathLike, changes: dict[str, Any] | None = None, model_changes: dict[str, Any] | None = None) -> GenerationRequest:
+    """The request of sidecar ``path`` with ``changes`` (request fields) and ``model_changes`` (model choice
+    fields) applied: the same video, but for what was changed. Another model name drops the recorded
+    ``configs``/``overrides`` unless given too."""
+    recorded = read_request(path)
+    model_changes = dict(model_changes or {})
+    if "name" in model_changes:
+        model_changes.setdefault("configs", ())
+        model_changes.setdefault("overrides", ())
+    return recorded.replace(model=recorded.model.replace(**model_changes), **(changes or {}))
+
+
 def _legacy_request(data: dict[str, Any], path: str | os.PathLike) -> GenerationRequest:
     """A request from the flat fields of a cogvid 0.1 sidecar."""
     if not isinstance(data.get("prompt"), str) or not isinstance(data.get("seed"), int):
@@ -67,4 +79,4 @@ def _legacy_request(data: dict[str, Any], path: str | os.PathLike) -> Generation
     )
 
 
-__all__ = ["read_request", "read_sidecar"]
+__all__ = ["read_request", "read_sidecar", "replay_request"]

@@ -108,8 +108,8 @@ def _register() -> None:
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
-    batch.register(app)
-    repl.register(app)
+    app.command("batch", epilog=batch.EXAMPLES)(batch.batch)
+    app.command("repl", epilog=repl.EXAMPLES)(repl.repl)
     app.add_typer(models.app, name="models")
     app.add_typer(lora.app, name="lora")
 

@@ -144,14 +144,13 @@ def batch(
         console.print_error(f"line {job.line}: {job.error}", job.hint)
     if options.dry_run:
         show_dry_run([unit.prepared for unit in plan.units], options.as_json)
-        check_results(plan_results(plan))
+        check_results(plan.invalid_results())
         return
     from cogvid.video import check_output_folder
 
     check_output_folder(options.out)
-    tracker = _tracker(options, plan)
     progress = BatchProgress(quiet=not plan.lead, as_json=options.as_json)
-    run = BatchRun(options.out, progress, options.resume, debug=options.debug, tracker=tracker, write_guard=_defer_sigint)
+    run = BatchRun(options.out, progress, options.resume, debug=options.debug, wandb=options.wandb, write_guard=_defer_sigint)
     try:
         results = run_plan(plan, run)
     except (KeyboardInterrupt, Cancelled):
@@ -161,8 +160,6 @@ def batch(
         raise Cancelled("interrupted", hint="run the same command with --resume to make only what is missing") from None
     finally:
         progress.close()
-        if tracker is not None:
-            tracker.finish()
     everyone = gather_results(plan, results)
     if plan.lead or everyone is None:
         print_summary(everyone if everyone is not None else results, time.perf_counter() - started)
@@ -171,25 +168,3 @@ def batch(
             raise typer.Exit(1)  # rank 0 says why
         return
     check_results(everyone if everyone is not None else results)
-
-
-def plan_results(plan: Any) -> list:
-    from cogvid.batch_run import JobResult
-
-    return [JobResult(job.line, job.prompt, "invalid", error=job.error) for job in plan.jobs if not job.ok]
-
-
-def _tracker(options: CliOptions, plan: Any) -> Any:
-    if not options.wandb:
-        return None
-    from cogvid.tracking import WandbLogger
-
-    file = plan.file
-    run_config = {"model": plan.model.name, "file": str(file), "sampler": options.sampler, "loras": list(options.lora)}
-    group = f"batch-{file.stem}" if plan.world_size > 1 else None
-    return WandbLogger(options.wandb, run_config, group=group, name=f"{file.stem}-rank{plan.rank}" if group else None)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``cogvid batch`` to the root app."""
-    app.command("batch", epilog=EXAMPLES)(batch)

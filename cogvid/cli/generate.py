@@ -92,22 +92,18 @@ def report(path: Path, video: Any, as_json: bool) -> None:
 def show_dry_run(prepared: list[Any], as_json: bool) -> None:
     """What would run: each prepared request, its model and whether the weights are there; nothing loads."""
     for item in prepared:
-        statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in item.model.paths.statuses()]
-        record = {"model": item.model.name, "request": item.request.to_json(), "height": item.height, "width": item.width,
-                  "latent_frames": item.latent_frames, "weights": statuses}
+        record, request = item.describe(), item.request
         if as_json:
             console.print_json(record)
             continue
-        request = item.request
-        console.out.print(f"{item.model.name}: {request.prompt!r}", markup=False, highlight=False)
         console.out.print(
-            f"  {request.frames} frames {item.width}x{item.height} @ {request.fps} fps · seed {request.seed} · "
-            f"{item.sampler.name} {item.sampler.steps} steps · guidance {item.sampler.guidance} · "
-            f"{request.num_videos} video(s)",
+            f"{record['model']}: {request.prompt!r}\n  {request.frames} frames {item.width}x{item.height} @ {request.fps} fps"
+            f" · seed {request.seed} · {item.sampler.name} {item.sampler.steps} steps · guidance {item.sampler.guidance}"
+            f" · {request.num_videos} video(s)",
             markup=False, highlight=False,
         )
-        for status in statuses:
-            console.out.print(f"  {status['part']:<12} {'found' if status['found'] else 'missing'}  {status['path']}", markup=False)
+        for part in record["weights"]:
+            console.out.print(f"  {part['part']:<12} {'found' if part['found'] else 'missing'}  {part['path']}", markup=False)
 
 
 @with_options(*GENERATION_OPTIONS)

@@ -8,28 +8,20 @@ from typing import Optional
 import typer
 
 from cogvid.cli import console
-from cogvid.cli.options import complete_model
+from cogvid.cli.options import MODEL_OPTIONS, OUTPUT_OPTIONS, complete_model
 
 app = typer.Typer(help="List the known models and inspect one.", no_args_is_help=True)
-
-WeightsOption = typer.Option(
-    None,
-    "--weights",
-    metavar="DIR",
-    help="Weights root (default: $COGVID_WEIGHTS or ~/.cache/cogvid/models).",
-)
-JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+_OPTIONS = {option.name: option.info for option in (*MODEL_OPTIONS, *OUTPUT_OPTIONS)}
 
 
 @app.command("list")
-def list_models(
-    weights: Optional[Path] = WeightsOption,
-    as_json: bool = JsonOption,
-) -> None:
+def list_models(weights: Optional[Path] = _OPTIONS["weights"], as_json: bool = _OPTIONS["as_json"]) -> None:
     """Show every known model: task, size, default size x frames @ fps, dtype, weights found or missing.
 
     Example: cogvid models list --weights /data/cogvideox
     """
+    from rich.table import Table
+
     from cogvid.registry import load_registry, weights_root
 
     entries = list(load_registry().values())
@@ -37,28 +29,17 @@ def list_models(
     if as_json:
         console.print_json({"weights_root": str(weights_root(weights)), "models": summaries})
         return
-
-    from rich.table import Table
-
     table = Table(title=f"Models (weights root: {weights_root(weights)})", title_justify="left")
     for column in ("name", "task", "params", "default size x frames @ fps", "dtype", "weights"):
         table.add_column(column, overflow="fold")
     missing_lines = []
     for entry, summary in zip(entries, summaries):
-        if summary["weights_found"]:
-            status = "[green]found[/]"
-        else:
-            status = "[red]missing[/]"
+        status = "[green]found[/]" if summary["weights_found"] else "[red]missing[/]"
+        if not summary["weights_found"]:
             missing = [part for part, info in summary["weights"].items() if not info["found"]]
             missing_lines.append(f"{entry.name}: missing {', '.join(missing)} at {summary['model_dir']}")
-        table.add_row(
-            entry.name,
-            entry.task,
-            entry.parameters,
-            f"{entry.width}x{entry.height} x {entry.frames} @ {entry.fps}",
-            entry.dtype,
-            status,
-        )
+        size = f"{entry.width}x{entry.height} x {entry.frames} @ {entry.fps}"
+        table.add_row(entry.name, entry.task, entry.parameters, size, entry.dtype, status)
     console.out.print(table)
     for line in missing_lines:
         console.out.print(line, soft_wrap=True)
@@ -69,14 +50,10 @@ def list_models(
 @app.command("show")
 def show_model(
     name: str = typer.Argument(..., help="Model name (see `cogvid models list`).", autocompletion=complete_model),
-    weights: Optional[Path] = WeightsOption,
-    config: list[Path] = typer.Option(
-        [], "--config", metavar="FILE", help="Extra YAML merged over the model's own (repeatable)."
-    ),
-    overrides: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="Override one dotted key, e.g. args.sampling_fps=16 (repeatable)."
-    ),
-    as_json: bool = JsonOption,
+    weights: Optional[Path] = _OPTIONS["weights"],
+    config: list[Path] = _OPTIONS["config"],
+    overrides: list[str] = _OPTIONS["overrides"],
+    as_json: bool = _OPTIONS["as_json"],
 ) -> None:
     """Show one model: merged configuration, weight paths (found / missing) and where to download them.
 
@@ -84,51 +61,35 @@ def show_model(
 
     Example: cogvid models show cogvideox-5b --set args.sampling_num_frames=11
     """
-    from omegaconf import OmegaConf
-
-    from cogvid.prepare import resolve_model
+    from cogvid.prepare import describe_model
     from cogvid.request import ModelChoice
 
-    resolved = resolve_model(ModelChoice(name, weights, tuple(config), tuple(overrides)))
-    entry, cfg, spec = resolved.entry, resolved.cfg, resolved.spec
-    summary = entry.summary(weights)
-    summary["description"] = entry.description
-    summary["config_files"] = [str(p) for p in entry.config_files()]
-    # What a generation with this configuration uses unless --frames / --size / --fps say otherwise
-    # (image-to-video: the size follows the image).
-    t2v = entry.task == "t2v"
-    summary["generation_defaults"] = {
-        "frames": spec.default_frames,
-        "fps": spec.fps,
-        "height": spec.default_height if t2v else None,
-        "width": spec.default_width if t2v else None,
-    }
+    info = describe_model(ModelChoice(name, weights, tuple(config), tuple(overrides)))
     if as_json:
-        summary["config"] = OmegaConf.to_container(cfg, resolve=True)
-        console.print_json(summary)
+        console.print_json(info)
         return
-
+    import yaml
     from rich.panel import Panel
     from rich.syntax import Syntax
 
     out = console.out
-    out.print(f"[bold]{entry.title}[/] ({entry.name}) — {entry.description}")
+    out.print(f"[bold]{info['title']}[/] ({name}) — {info['description']}")
     out.print(
-        f"task {entry.task} · CogVideoX {entry.generation} · {entry.parameters} parameters · "
-        f"{entry.width}x{entry.height} x {entry.frames} frames @ {entry.fps} fps · {entry.dtype}"
+        f"task {info['task']} · CogVideoX {info['generation']} · {info['parameters']} parameters · "
+        f"{info['width']}x{info['height']} x {info['frames']} frames @ {info['fps']} fps · {info['dtype']}"
     )
-    run = summary["generation_defaults"]
-    if (run["frames"], run["fps"]) != (entry.frames, entry.fps) or t2v and (run["height"], run["width"]) != (entry.height, entry.width):
-        size = f"{run['width']}x{run['height']}" if t2v else "the image's size"
+    run = info["generation_defaults"]
+    if (run["frames"], run["fps"]) != (info["frames"], info["fps"]) or run["height"] not in (None, info["height"]) or run["width"] not in (None, info["width"]):
+        size = f"{run['width']}x{run['height']}" if run["height"] else "the image's size"
         out.print(f"with this configuration: {size} x {run['frames']} frames @ {run['fps']} fps")
-    out.print("config files: " + ", ".join(summary["config_files"]))
-    out.print(f"\n[bold]Weights[/] in {summary['model_dir']}:")
-    for part, info in summary["weights"].items():
-        mark = "[green]found  [/]" if info["found"] else "[red]missing[/]"
-        out.print(f"  {mark} {part:<12} {info['path']}")
-    if not summary["weights_found"] and entry.download:
+    out.print("config files: " + ", ".join(info["config_files"]))
+    out.print(f"\n[bold]Weights[/] in {info['model_dir']}:")
+    for part, weight in info["weights"].items():
+        out.print(f"  {'[green]found  [/]' if weight['found'] else '[red]missing[/]'} {part:<12} {weight['path']}")
+    if not info["weights_found"] and info["download"]:
         out.print("\n[bold]Download[/] (then place the files as above):")
-        for part, where in entry.download.items():
-            out.print(f"  {part:<12} {where.replace('<folder>', summary['model_dir'])}")
+        for part, where in info["download"].items():
+            out.print(f"  {part:<12} {where.replace('<folder>', info['model_dir'])}")
     out.print()
-    out.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", word_wrap=True), title="merged configuration"))
+    merged = yaml.safe_dump(info["config"], sort_keys=False)
+    out.print(Panel(Syntax(merged, "yaml", word_wrap=True), title="merged configuration"))

@@ -118,13 +118,9 @@ class CliOptions:
         if sidecar is None:
             model = ModelChoice(**self._model_fields(only_given=False))
             return GenerationRequest(model=model, **self._video_fields(only_given=False), **own)
-        from cogvid.sidecar import read_request
+        from cogvid.sidecar import replay_request
 
-        recorded = read_request(sidecar)
-        model = recorded.model.replace(**self._model_fields(only_given=True))
-        if "model" in self.given or "config" in self.given:  # another model: its own configuration
-            model = model.replace(configs=tuple(self.values.get("config", ())), overrides=tuple(self.values.get("overrides", ())))
-        return recorded.replace(model=model, **self._video_fields(only_given=True), **own)
+        return replay_request(sidecar, {**self._video_fields(only_given=True), **own}, self._model_fields(only_given=True))
 
 
 def with_options(*groups: _Option | tuple[_Option, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

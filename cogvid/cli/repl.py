@@ -156,8 +156,3 @@ def repl(
         _prompt_loop(session)
     else:
         _script_loop(session)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``cogvid repl`` to the root app."""
-    app.command("repl", epilog=EXAMPLES)(repl)
