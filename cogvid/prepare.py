@@ -199,16 +199,20 @@ def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, p
             else:
                 fit = "crop"
     sampler = resolve_sampler(model.cfg.model.sampler_config, request.sampler, request.steps, request.guidance)
-    resolved = request.replace(
-        model=request.model.replace(name=model.choice.name),
-        frames=frames,
-        size=None if fit == "stretch" else (height, width),
-        fps=request.fps if request.fps is not None else spec.fps,
-        steps=sampler.steps,
-        guidance=sampler.guidance,
-        sampler=sampler.name if sampler.name in SAMPLER_NAMES else None,
-        seed=request.seed if request.seed is not None else random.randrange(SEED_RANGE),
-    )
+    filled = {
+        "frames": frames,
+        "height": None if fit == "stretch" else height,
+        "width": None if fit == "stretch" else width,
+        "fps": request.fps if request.fps is not None else spec.fps,
+        "steps": sampler.steps,
+        "guidance": sampler.guidance,
+        "sampler": sampler.name if sampler.name in SAMPLER_NAMES else None,
+        "seed": request.seed if request.seed is not None else random.randrange(SEED_RANGE),
+    }
+    changes = {key: value for key, value in filled.items() if getattr(request, key) != value}  # what was unset
+    if request.model.name != model.choice.name:
+        changes["model"] = request.model.replace(name=model.choice.name)
+    resolved = request.replace(**changes)
     return PreparedRequest(resolved, model, sampler, height, width, spec.latent_frames(frames), fit)
 
 
