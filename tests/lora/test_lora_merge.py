@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.margins import assert_beyond, assert_within
 from fixtures.sat_roundtrip import fixed_inputs
 from fixtures.tiny_dit import tiny_network_config, write_tiny_dit
-from fixtures.margins import assert_beyond, assert_within
 from fixtures.tiny_lora import write_tiny_lora
 
 from cogvid.checkpoint import load_dit, read_state_dict
