@@ -128,18 +128,23 @@ def run_setting(name: str, files: list[str], pytest_args: list[str], scratch: Pa
     return row, records
 
 
+def test_function(test_id: str) -> str:
+    """``tests/x.py::test_y[params]`` -> ``x.py::test_y`` (parametrized cases grouped)."""
+    return test_id.split("[", 1)[0].removeprefix("tests/")
+
+
 def worst_margins(records: list[dict]) -> list[dict]:
-    """Per check (test, what, kind): the worst value over all settings and runs, with its setting."""
+    """Per check (test function, what, kind): the worst value over all cases and settings, with its setting."""
     worst: dict[tuple[str, str, str], dict] = {}
     for record in records:
-        key = (record["test"], record["what"], record["kind"])
+        key = (test_function(record["test"]), record["what"], record["kind"])
         current = worst.get(key)
         is_worse = current is None or (
             record["value"] > current["value"] if record["kind"] == "within" else record["value"] < current["value"]
         )
         if is_worse:
             worst[key] = record
-    return [worst[key] for key in sorted(worst)]
+    return [{**worst[key], "check": f"{key[0]} [{key[1]}]"} for key in sorted(worst)]
 
 
 def headroom(record: dict) -> float:
@@ -164,10 +169,10 @@ def print_margins(records: list[dict]) -> None:
     if not worst:
         return
     print()
-    print(f"{'check (worst over settings)':<92} {'kind':<7} {'worst':>10} {'bound':>10} {'headroom':>9}  setting")
+    width = max(len(record["check"]) for record in worst)
+    print(f"{'check (worst over cases and settings)':<{width}} {'kind':<7} {'worst':>10} {'bound':>10} {'headroom':>9}  setting")
     for record in worst:
-        label = f"{record['test'].removeprefix('tests/')} [{record['what']}]"
-        print(f"{label:<92} {record['kind']:<7} {record['value']:>10.3g} {record['bound']:>10.3g} "
+        print(f"{record['check']:<{width}} {record['kind']:<7} {record['value']:>10.3g} {record['bound']:>10.3g} "
               f"{headroom(record):>8.1f}x  {record['setting']}")
 
 

@@ -55,7 +55,7 @@ def test_alphas_table_equal_subset_differs_by_the_documented_amount(shift, max_d
     full = reference[torch.tensor(list(reversed(list(timesteps))))]
     delta = (alphas.double() - full).abs().max().item()
     # The documented amounts are rounded to two digits: measured within 2% of them.
-    assert_error_within(abs(delta / max_delta - 1), 0.05, "subset rescale difference, relative to the documented one")
+    assert_error_within(abs(delta / max_delta - 1), 0.05, "subset rescale vs the documented amount, relative")
 
 
 def feed_alphas(sched, alphas: torch.Tensor, timesteps: list[int], dtype: torch.dtype) -> None:
