@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,13 @@ def test_sat_loads_cogvid_checkpoints_and_cogvid_loads_sat_checkpoints(tmp_path,
     overrides = {"lora_r": lora_r} if lora_r else {}
     write_tiny_dit(tmp_path / "cogvid", variant, seed=11, **overrides)
     out_file = tmp_path / "out.pt"
+    # The same DiT code on the same machine, so bit for bit below; the child gets this process's
+    # thread count (it changes how reductions are split) and inherits its kernel settings.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     subprocess.run(
         [sys.executable, str(HERE.parent / "fixtures" / "sat_roundtrip.py"), variant, str(lora_r), str(tmp_path / "cogvid"),
          str(tmp_path / "sat"), str(out_file)],
-        check=True, capture_output=True, timeout=120,
+        check=True, capture_output=True, timeout=120, env=env,
     )
     outputs = torch.load(out_file, weights_only=True)
     config = tiny_network_config(variant, **overrides)

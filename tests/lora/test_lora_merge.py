@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.margins import assert_beyond, assert_within
 from fixtures.sat_roundtrip import fixed_inputs
 from fixtures.tiny_dit import tiny_network_config, write_tiny_dit
 from fixtures.tiny_lora import write_tiny_lora
@@ -15,6 +16,10 @@ from cogvid.dit import load_dit
 from cogvid.lora import LoraSpec, apply_loras_, load_loras, merge_checkpoint, read_lora
 
 RANK = 4
+# Max abs error of the DiT output, merged weights vs SAT's runtime LoRA (another summation order);
+# measured with tools/check_portability.py (ATEN default/avx2/avx512, oneDNN and MKL AVX2, 1-2
+# threads): max 1.4e-6. The LoRA itself moves the output by 2e-2 or more.
+TOLERANCE = 1e-5
 
 
 def run(model: torch.nn.Module) -> torch.Tensor:
@@ -52,9 +57,8 @@ def test_merged_equals_sat_runtime_lora(tmp_path, variant, scale, alpha, layers)
     merged = run(merged_model(variant, str(base), [LoraSpec(tmp_path / "lora", scale)]))
     plain = run(load_dit(tiny_network_config(variant), base, dtype=torch.float32))
 
-    error = (merged - expected).abs().max().item()
-    assert error <= 1e-5, error
-    assert (plain - expected).abs().max().item() > 1e-2  # the LoRA changes the output noticeably
+    assert_within(merged, expected, TOLERANCE, "merged vs runtime")
+    assert_beyond(plain, expected, 100 * TOLERANCE, "no LoRA")  # the LoRA changes the output noticeably (>= 2.1e-2)
 
 
 def test_scale_zero_is_the_base(tmp_path):
@@ -80,8 +84,8 @@ def test_two_loras_at_once_equal_merging_both(tmp_path):
     one_by_one = run(load_dit(tiny_network_config("5b"), tmp_path / "step2", dtype=torch.float32))
     only_a = run(merged_model("5b", str(base), specs[:1]))
 
-    assert (together - one_by_one).abs().max().item() <= 1e-5
-    assert (together - only_a).abs().max().item() > 1e-2  # the second LoRA contributes
+    assert_within(together, one_by_one, TOLERANCE, "together vs one by one")
+    assert_beyond(together, only_a, 1e-2, "first LoRA only")  # the second LoRA contributes
 
 
 def test_merge_is_fp32_then_cast_like_sat(tmp_path):
