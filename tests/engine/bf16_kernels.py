@@ -33,13 +33,19 @@ def _probe_outputs() -> dict[str, torch.Tensor]:
         scores = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float(), dim=-1).to(torch.bfloat16)
         out[f"matmul_softmax_{tokens}"] = torch.matmul(scores, v)  # T5's attention
     x = rand(2, 76, 128)
-    out["linear"] = F.linear(x, rand(512, 128, scale=0.09), rand(512, scale=0.02))
+    # The DiT's linear layers (in, out): text projection, AdaLN modulation, QKV, attention out, MLP in, MLP out, final.
+    for inner, outer in ((32, 128), (64, 1536), (128, 384), (128, 128), (128, 512), (512, 128), (128, 64)):
+        features = rand(2, 76, inner)
+        weight, bias = rand(outer, inner, scale=inner**-0.5), rand(outer, scale=0.02)
+        out[f"linear_{inner}_{outer}"] = F.linear(features, weight, bias)
     out["layer_norm"] = F.layer_norm(x, (128,), rand(128), rand(128), 1e-5)
     out["silu"], out["gelu"], out["softmax"] = F.silu(x), F.gelu(x, approximate="tanh"), torch.softmax(x, dim=-1)
     out["rms_norm"] = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(torch.bfloat16)
     out["mul_add"] = x * rand(128) + rand(128)
     video = rand(1, 32, 3, 12, 16)  # (B, C, T, H, W) like the VAE's activations
     out["conv3d"] = F.conv3d(video, rand(32, 32, 3, 3, 3, scale=0.03), rand(32, scale=0.05), padding=1)
+    wide = rand(1, 64, 3, 6, 8)
+    out["conv3d_64"] = F.conv3d(wide, rand(64, 64, 3, 3, 3, scale=0.02), rand(64, scale=0.05), padding=1)
     out["group_norm"] = F.group_norm(video, 32, rand(32), rand(32), 1e-6)
     out["conv2d"] = F.conv2d(rand(2, 16, 6, 8), rand(128, 16, 2, 2, scale=0.12), rand(128), stride=2)
     return out
