@@ -186,7 +186,11 @@ class VideoDiffusionEngine(nn.Module):
         generator: torch.Generator,
         callback: Callable[[int, int, float], None] | None = None,
     ) -> torch.Tensor:
-        """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32."""
+        """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32.
+
+        The sampler's own float32 output, before the original's cast to the model dtype (that cast is
+        the first step of :meth:`decode`), so a bf16/fp16 run keeps the full-precision latents.
+        """
         x = noise.to(device=self.device, dtype=torch.float32)
         ofs = None
         if getattr(self.network, "ofs_embed_dim", None):
@@ -208,13 +212,23 @@ class VideoDiffusionEngine(nn.Module):
         tiling: bool = False,
         callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1]."""
-        z = latents.permute(0, 2, 1, 3, 4).contiguous() / self.scale_factor  # (B, T, C, h, w) -> (B, C, T, h, w)
+        """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1].
+
+        The original's order and dtypes (REFERENCE §7): the sampler output is cast to the model dtype
+        (``SATVideoDiffusionEngine.sample`` ends with ``samples.to(self.dtype)``), then multiplied by
+        ``1.0 / scale_factor`` in that dtype (``sample_video.py`` v1.0, ``decode_first_stage`` at
+        HEAD), then decoded. In bf16, dividing the float32 latents before the cast instead moves the
+        frames about as far as bf16 is from fp32; in fp32 the product and a division differ by at
+        most one ulp. ``latents`` may be in any dtype or on any device (``Video.latents`` is float32).
+        """
+        z = latents.to(device=self.device, dtype=self.dtype)
+        z = z.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, h, w) -> (B, C, T, h, w)
+        z = (1.0 / self.scale_factor) * z
         if self.offload and self.device.type == "cuda":
             self.network.to("cpu")
             torch.cuda.empty_cache()
         try:
-            frames = self.first_stage.decode(z.to(self.dtype), schedule=schedule, tiling=tiling, callback=callback)
+            frames = self.first_stage.decode(z, schedule=schedule, tiling=tiling, callback=callback)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {self.device} while decoding",

@@ -58,7 +58,7 @@ class Video:
     frames: np.ndarray
     fps: int
     metadata: dict[str, Any] = field(default_factory=dict)
-    latents: torch.Tensor | None = None
+    latents: torch.Tensor | None = None  # the sampler's float32 output (1, T, C, h, w); engine.decode() re-decodes it exactly
 
     def save(self, path: str | Path, fps: int | None = None) -> Path:
         """Write the MP4 and its JSON sidecar (both atomically, never overwriting); returns the video path."""
