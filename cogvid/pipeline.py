@@ -57,13 +57,13 @@ class Video:
     latents: torch.Tensor | None = None
 
     def save(self, path: str | Path, fps: int | None = None) -> Path:
-        """Write the MP4 (atomically, never overwriting) and its JSON sidecar; returns the video path."""
-        from cogvid.video import write_sidecar, write_video
+        """Write the MP4 and its JSON sidecar as a unit; returns the video path.
 
-        fps = fps or self.fps
-        path = write_video(self.frames, path, fps=fps)
-        write_sidecar(path, {**self.metadata, "fps": fps, "file": path.name})
-        return path
+        Both names must be free; on any failure neither file is left (see :mod:`cogvid.outputs`).
+        """
+        from cogvid.outputs import publish_pair
+
+        return publish_pair(self.frames, fps or self.fps, self.metadata, path)
 
 
 def _model_dtype_name(entry: ModelEntry | None, spec: ModelSpec) -> str:

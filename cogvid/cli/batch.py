@@ -142,7 +142,7 @@ def print_summary(results: list, seconds: float) -> None:
     table.add_column("seconds", justify="right")
     for result in sorted(results, key=lambda r: (r.line, r.video_index)):
         style = STATUS_STYLES.get(result.status, "")
-        output = Text(result.path or "") if result.ok else Text(result.error or "", style="red")
+        output = Text(result.path or result.note or "") if result.ok else Text(result.error or "", style="red")
         secs = f"{result.seconds:.1f}" if result.status in ("done", "failed") else ""
         table.add_row(str(result.line), Text(result.prompt), Text(result.status, style=style), output, secs)
     console.err.print(table)
@@ -185,6 +185,7 @@ def run_batch(
     Raises GenerationError (exit 1) when any line failed; a failing line never stops the batch.
     """
     from cogvid.batch import (
+        BatchClaims,
         JobDefaults,
         JobResult,
         claim_output_folder,
@@ -255,7 +256,8 @@ def run_batch(
     units = [(job, k, job_key(job, k, model_key(job), sampler)) for job in mine if job.ok for k in range(job.num_videos)]
     progress: BatchProgress | None = None
     try:
-        with claim_output_folder(out) as removed:
+        # (outputs) stale leftovers go first; claims let batches sharing `out` split the videos
+        with claim_output_folder(out) as removed, BatchClaims(out, resume=resume) as claims:
             if removed:
                 console.warn(f"removed {len(removed)} partial file(s) left by an interrupted run")
             done = completed_outputs(out) if resume else {}
@@ -285,7 +287,7 @@ def run_batch(
                     run_config = {"model": resolved.name, "file": str(file), "sampler": sampler, "loras": list(lora)}
                     group = f"batch-{file.stem}" if world_size > 1 else None
                     tracker = WandbLogger(wandb, run_config, group=group, name=f"{file.stem}-rank{rank}" if group else None)
-                settings = _Settings(file, out, fps, sampler, schedule, vae_tiling, as_json, debug, rank, tracker)
+                settings = _Settings(file, out, fps, sampler, schedule, vae_tiling, as_json, debug, rank, tracker, claims)
                 try:
                     position = 1
                     for specs, units_of_group in groups.items():
@@ -354,6 +356,7 @@ class _Settings:
     debug: bool
     rank: int
     tracker: Any = None
+    claims: Any = None  # cogvid.outputs.BatchClaims: one batch makes each video
 
 
 def _generate(
@@ -373,6 +376,14 @@ def _generate(
         progress.video(position, job.line)
         started = time.perf_counter()
         try:
+            # (outputs) claim the video, and see whether another batch made it meanwhile
+            claim = settings.claims.take(key) if settings.claims is not None else None
+            if claim is not None and not claim.mine:
+                console.err.print(f"line {job.line}: skipped, {claim.reason}" + (f": {claim.path}" if claim.path else ""), markup=False)
+                path = str(claim.path) if claim.path else None
+                results.append(JobResult(job.line, job.prompt, "skipped", path, video_index=k, rank=settings.rank, note=claim.reason))
+                progress.advance()
+                continue
             video = pipe.generate(
                 job.prompt,
                 image=job.image,

@@ -109,18 +109,12 @@ def _write(video: Any, out: Path, prompt: str, fps: Optional[int], renderer: con
     """Reserve a fresh name, write the MP4 and the sidecar; nothing is left behind on failure."""
     import time
 
+    from cogvid.outputs import publish
     from cogvid.pipeline import ProgressEvent
-    from cogvid.video import output_path
 
     started = time.perf_counter()
     renderer(ProgressEvent("stage", "writing"))
-    path = output_path(out, prompt, video.metadata["seed"])
-    try:
-        written = video.save(path, fps=fps)
-    except BaseException:
-        if path.exists() and path.stat().st_size == 0:
-            path.unlink()  # drop the empty reservation
-        raise
+    written = publish(video, out, prompt, fps=fps)  # a fresh name; MP4 + sidecar as a unit
     renderer(ProgressEvent("stage_done", "writing", seconds=time.perf_counter() - started))
     return written
 
