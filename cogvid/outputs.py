@@ -385,16 +385,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+def _write_new(path: Path, data: bytes, shown: Path) -> None:
+    """Create ``path`` with ``data`` and fsync it; an OSError is reported as writing ``shown``."""
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise write_error(e, shown) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def _publish_with(writing: Writing, frames: Any, fps: float, metadata: dict, fin
         try:
             _check_free(final, sidecar)
             encode_mp4(even_size(frames, stacklevel=4), video_temp, fps, quality)
-            _write_new(sidecar_temp, sidecar_text({**metadata, "fps": fps, "file": final.name}).encode("utf-8"))
+            _write_new(sidecar_temp, sidecar_text({**metadata, "fps": fps, "file": final.name}).encode("utf-8"), sidecar)
             _fsync(video_temp)
             _pause_for_tests("encoded")
             writing.publish(sidecar.name)
@@ -722,7 +725,7 @@ class BatchClaims:
                     self._claimed.append(claim)
         for made_key, video in _complete_outputs(self.out):
             if made_key == key and video not in self._before:
-                return Claim(False, "made meanwhile", video)
+                return Claim(False, "already made", video)
         return Claim(True)
 
     def __exit__(self, *exc: object) -> None:
