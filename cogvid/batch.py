@@ -14,7 +14,7 @@ are identical and commenting a line out leaves the other seeds alone. Video ``k`
 ``seed + k``. Each video has a key (:func:`job_key`), a hash of everything that decides its pixels;
 it is stored in the sidecar as ``batch_key`` and ``--resume`` skips keys whose video is complete.
 What "complete" means, leftovers of killed runs and the claims that let two batches share one
-output folder are :mod:`cogvid.outputs` (re-exported here).
+output folder are :mod:`cogvid.outputs` and :mod:`cogvid.claims` (re-exported here).
 
 No typer or rich here; torch is not imported.
 """
@@ -30,16 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cogvid.claims import LOCK_NAME, BatchClaims, Claim  # the output-folder protocol, re-exported here
 from cogvid.errors import CogvidError, MissingFileError, UsageError
-from cogvid.outputs import (  # the output-folder protocol, re-exported for batch callers
-    LOCK_NAME,
-    SIDECAR_KEY,
-    BatchClaims,
-    Claim,
-    claim_output_folder,
-    completed_outputs,
-    partial_outputs,
-)
+from cogvid.outputs import SIDECAR_KEY, claim_output_folder, completed_outputs, partial_outputs
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSONL_FIELDS = ("prompt", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")

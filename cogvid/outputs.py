@@ -35,12 +35,7 @@ gone (a free lock proves it; where ``flock`` does not work nothing is ever judge
 in its folder), so ``--resume`` makes that video again, once. Only stale writes are touched: never
 a live writer's files, never a file cogvid did not write.
 
-**Batch claims.** Each video of a batch has a key (:func:`cogvid.batch.job_key`). Before making
-one, a batch claims its key in ``<out>/.cogvid-claims/`` (:class:`BatchClaims`): a claim file naming
-the batch's session, whose ``flock`` the batch holds until it ends, so the claims of a killed batch
-are free again. A key claimed by another live batch is skipped; after claiming, the batch checks
-again whether the video was made meanwhile (with ``--resume``: at all). Two batches on one folder
-thus share the work and never make a video twice.
+**Batch claims**, which let two batches share one folder, are :mod:`cogvid.claims`.
 
 No torch, no typer here.
 """
@@ -56,14 +51,11 @@ import os
 import re
 import socket
 import time
-import uuid
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cogvid.errors import CogvidError, CogvidWarning, GenerationError, UsageError
+from cogvid.errors import CogvidError, GenerationError, UsageError
 
 try:
     import fcntl
@@ -74,8 +66,6 @@ INDEX_DIGITS = 4
 WRITING_SUFFIX = ".writing"
 OWNER = "owner"
 SIDECAR_KEY = "batch_key"
-LOCK_NAME = ".cogvid-batch.lock"
-CLAIMS_DIR = ".cogvid-claims"
 # A writing folder whose owner has not yet written its pid is left alone this long: the gap
 # between ``mkdir`` and ``flock`` is microseconds, so only a writer killed inside it is older.
 CREATION_GRACE_S = 60.0
@@ -121,7 +111,7 @@ def write_error(error: OSError, path: Path) -> CogvidError:
 # Locks
 
 
-def _try_lock(fd: int) -> bool | None:
+def try_lock(fd: int) -> bool | None:
     """Take an exclusive flock without waiting: True taken, False held by someone, None unsupported."""
     if fcntl is None:
         return None
@@ -263,7 +253,8 @@ def _start_writing(folder: Path, ident: str) -> Writing | None:
     return Writing(folder, ident, fd)
 
 
-def _make_folder(folder: Path) -> None:
+def make_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents): UsageError (exit 2) when impossible, GenerationError on a full disk."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -293,7 +284,7 @@ def reserve(
 
     day = (now or _dt.datetime.now()).strftime("%Y-%m-%d")
     folder = Path(out_dir).expanduser() / day
-    _make_folder(folder)
+    make_output_folder(folder)
     name_tail = f"{slugify(prompt)}-s{seed}.{ext.lstrip('.')}"
     index = max(_used_indices(folder), default=-1) + 1
     while True:
@@ -338,7 +329,7 @@ def _writing_for(final: Path) -> Writing:
     reserved = _RESERVED.pop(_stem_key(final), None)
     if reserved is not None:
         return reserved
-    _make_folder(final.parent)
+    make_output_folder(final.parent)
     for _ in range(2):
         writing = _start_writing(final.parent, final.name)
         if writing is not None:
@@ -489,7 +480,7 @@ def _day_folders(out_dir: Path) -> list[Path]:
     return sorted(entry for entry in out_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
-def _complete_outputs(out_dir: Path) -> Iterator[tuple[str, Path]]:
+def iter_complete_outputs(out_dir: Path) -> Iterator[tuple[str, Path]]:
     """``(batch_key, video)`` for every complete batch output, in name order."""
     for folder in _day_folders(out_dir):
         for sidecar in sorted(folder.glob("*.json")):
@@ -516,7 +507,7 @@ def completed_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
     """``batch_key -> video`` for every complete batch output under ``out_dir/<day>/`` (the done
     rule: a non-empty MP4 beside a sidecar that names it and holds a ``batch_key``)."""
     done: dict[str, Path] = {}
-    for key, video in _complete_outputs(Path(out_dir).expanduser()):
+    for key, video in iter_complete_outputs(Path(out_dir).expanduser()):
         done.setdefault(key, video)
     return done
 
@@ -535,7 +526,7 @@ def _clean_writing(directory: Path, remove: bool = True) -> list[Path] | None:
         return None
     try:
         if fd is not None:
-            if not _try_lock(fd):
+            if not try_lock(fd):
                 return None  # a live writer (or no flock here: cannot prove it dead)
             try:
                 if os.stat(owner).st_ino != os.fstat(fd).st_ino:
@@ -612,181 +603,24 @@ def claim_output_folder(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
     """Create ``out_dir`` and remove the leftovers of killed writers there (:func:`remove_stale`);
     yields what was removed. Safe while other processes write to the same folder."""
     folder = Path(out_dir).expanduser()
-    _make_folder(folder)
+    make_output_folder(folder)
     yield remove_stale(folder)
 
 
-# ---------------------------------------------------------------------------------------------
-# Batch claims
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The answer to "may this batch make this video now?"."""
-
-    mine: bool
-    reason: str = ""  # why not
-    path: Path | None = None  # the video made meanwhile, if that is why
-
-
-class BatchClaims:
-    """One batch's claims on the videos (keys) of an output folder, held until the batch ends.
-
-    ``with BatchClaims(out, resume) as claims: claims.take(key)`` before making each video. Without
-    ``resume``, videos that existed when the batch started do not count as made (a plain rerun
-    makes them again); with it, every complete video does.
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, resume: bool = False) -> None:
-        self.out = Path(out_dir).expanduser()
-        self.dir = self.out / CLAIMS_DIR
-        self.resume = resume
-        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.shared = False  # False: locks unavailable, every key is granted (videos may be made twice)
-        self._lock_fd: int | None = None
-        self._session_fd: int | None = None
-        self._claimed: list[Path] = []
-        self._before: set[Path] = set()
-
-    def __enter__(self) -> BatchClaims:
-        _make_folder(self.out)
-        if not self.resume:
-            self._before = {video for _, video in _complete_outputs(self.out)}
-        try:
-            self._lock_fd = os.open(self.out / LOCK_NAME, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as e:
-            raise write_error(e, self.out / LOCK_NAME) from e
-        try:
-            with self._folder_lock():
-                _make_folder(self.dir)
-                session = self.dir / f"{self.token}.session"
-                fd = os.open(session, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o644)
-                if not _try_lock(fd):
-                    os.close(fd)
-                    os.unlink(session)
-                    raise _NoLocks
-                self._session_fd = fd
-                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-            self.shared = True
-        except _NoLocks:
-            warnings.warn(
-                f"cannot lock files in {self.out}: two batches writing there at once may make the same videos",
-                CogvidWarning,
-                stacklevel=2,
-            )
-        except OSError as e:
-            self.__exit__(None, None, None)
-            raise write_error(e, self.dir) from e
-        return self
-
-    @contextlib.contextmanager
-    def _folder_lock(self) -> Iterator[None]:
-        """Claims are read and written under an exclusive flock on ``<out>/.cogvid-batch.lock``."""
-        if self._lock_fd is None or fcntl is None:
-            raise _NoLocks
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as e:
-            raise _NoLocks from e
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _alive(self, token: str) -> bool:
-        try:
-            fd = os.open(self.dir / f"{token}.session", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-        try:
-            return _try_lock(fd) is not True  # taken: its batch is gone; unknown: assume alive
-        finally:
-            os.close(fd)
-
-    def take(self, key: str) -> Claim:
-        """Claim ``key`` for this batch; ``Claim(mine=False, ...)`` when another live batch holds
-        it or its video was made meanwhile. Call it right before making the video."""
-        if self.shared:
-            claim = self.dir / f"{key}.claim"
-            with self._folder_lock():
-                try:
-                    holder = claim.read_text().strip()
-                except (FileNotFoundError, UnicodeDecodeError):
-                    holder = ""
-                if holder != self.token:
-                    if holder and self._alive(holder):
-                        return Claim(False, "another batch is making it")
-                    try:
-                        claim.write_text(self.token)
-                    except OSError as e:
-                        raise write_error(e, claim) from e
-                    self._claimed.append(claim)
-        for made_key, video in _complete_outputs(self.out):
-            if made_key == key and video not in self._before:
-                return Claim(False, "already made", video)
-        return Claim(True)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._session_fd is not None:
-                with self._folder_lock():
-                    self._release_all()
-        finally:
-            for name in ("_session_fd", "_lock_fd"):
-                fd = getattr(self, name)
-                if fd is not None:
-                    os.close(fd)
-                    setattr(self, name, None)
-
-    def _release_all(self) -> None:
-        """Drop this batch's claims and session, and those of killed batches; under the folder lock."""
-        for claim in self._claimed:
-            with contextlib.suppress(OSError):
-                claim.unlink()
-        with contextlib.suppress(OSError):
-            (self.dir / f"{self.token}.session").unlink()
-        with contextlib.suppress(OSError):
-            for entry in sorted(self.dir.iterdir()):
-                if entry.suffix == ".session" and not self._alive(entry.stem):
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
-            for entry in sorted(self.dir.iterdir()):
-                if entry.suffix == ".claim":
-                    with contextlib.suppress(OSError, UnicodeDecodeError):
-                        holder = entry.read_text().strip()
-                        if not holder or not self._alive(holder):
-                            entry.unlink()
-            self.dir.rmdir()  # when empty
-
-
-class _NoLocks(Exception):
-    """flock does not work on this file system."""
-
-
-@contextlib.contextmanager
-def claim(out_dir: str | os.PathLike, key: str, resume: bool = True) -> Iterator[Claim]:
-    """Claim one video key in ``out_dir`` for the duration of the block (see :class:`BatchClaims`)."""
-    with BatchClaims(out_dir, resume=resume) as claims:
-        yield claims.take(key)
-
-
 __all__ = [
-    "LOCK_NAME",
     "SIDECAR_KEY",
-    "BatchClaims",
-    "Claim",
     "Writing",
     "atomic_file",
-    "claim",
     "claim_output_folder",
     "completed_outputs",
+    "iter_complete_outputs",
+    "make_output_folder",
     "output_path",
     "partial_outputs",
     "publish",
     "publish_pair",
     "remove_stale",
     "reserve",
+    "try_lock",
     "write_error",
 ]

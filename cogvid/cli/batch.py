@@ -356,7 +356,7 @@ class _Settings:
     debug: bool
     rank: int
     tracker: Any = None
-    claims: Any = None  # cogvid.outputs.BatchClaims: one batch makes each video
+    claims: Any = None  # cogvid.claims.BatchClaims: one batch makes each video
 
 
 def _generate(
