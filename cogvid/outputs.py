@@ -1,5 +1,5 @@
 """The output-folder protocol: reserved names, a video and its sidecar published as one unit,
-batch claims, and the leftovers of killed writers.
+what counts as done, and the leftovers of killed writers.
 
 **Names.** ``<out>/<YYYY-MM-DD>/<index>-<slug>-s<seed>.mp4`` with its sidecar ``<same>.json``. The
 index is the next one that no entry of the day folder uses, hidden entries included.
@@ -214,7 +214,9 @@ _RESERVED: dict[Path, Writing] = {}  # output_path() names (without suffix) not 
 def lock_fds_for(path: Path) -> tuple[int, ...]:
     """The lock of the write that owns the temporary ``path``, for a subprocess writing it to inherit."""
     writing = _LIVE.get(Path(path).parent)
-    return (writing.fd,) if writing is not None and writing.fd is not None else ()
+    if fcntl is None or writing is None or writing.fd is None:  # no flock (Windows): nothing to inherit
+        return ()
+    return (writing.fd,)
 
 
 def _start_writing(folder: Path, ident: str) -> Writing | None:
@@ -369,7 +371,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)  # (Windows needs write access to flush)
     try:
         os.fsync(fd)
     finally:

@@ -167,7 +167,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: float, quality: float = 5.0)
     # ffmpeg inherits the write's lock: its file is not a leftover while it runs, even if we die.
     returncode, stderr = _run_ffmpeg(command, data, lock_fds_for(path))
     if returncode != 0:
-        full = "No space left" in stderr or "Disk quota" in stderr or returncode == -signal.SIGXFSZ
+        full = "No space left" in stderr or "Disk quota" in stderr or returncode == -getattr(signal, "SIGXFSZ", 0)
         raise GenerationError(
             f"ffmpeg failed writing {path.name} ({_describe_exit(returncode)})" + (f": {stderr}" if stderr else ""),
             hint="free some disk space (or raise the file-size limit) and retry" if full else None,
