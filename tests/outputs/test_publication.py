@@ -26,6 +26,7 @@ from cogvid.outputs import (
     partial_outputs,
     publish_pair,
     remove_stale,
+    reserve,
     write_error,
 )
 from cogvid.video import read_video
@@ -212,7 +213,9 @@ def test_a_killed_write_is_never_done_by_halves(killed_writers, point):
     assert remove_stale(out) == stale
     assert sorted(p.name for p in day.iterdir()) == kept  # no write folder, no orphan
     if point != "published":  # the reserved index is free again
-        assert output_path(out, "next", 0, now=None).name.startswith("0000-")
+        again = reserve(out, "next", 0)
+        assert again.path.name == "0000-next-s0.mp4"
+        again.close()
 
 
 # --- fault 4 for real: a full tmpfs, where user namespaces allow mounting one ---------------------
