@@ -1,4 +1,4 @@
-"""Batch generation bookkeeping: prompt files as requests, resume keys and leftover cleanup.
+"""Batch generation bookkeeping: prompt files as requests and resume keys.
 
 A prompt file is either
 * text: one prompt per line; ``prompt@@image`` for image-to-video (the original ``sample_video.py``
@@ -22,18 +22,17 @@ No typer or rich here; torch is not imported.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cogvid.claims import LOCK_NAME, BatchClaims, Claim  # the output-folder protocol, re-exported here
 from cogvid.errors import CogvidError, MissingFileError, UsageError, require_file
+from cogvid.outputs import SIDECAR_KEY, claim_output_folder, completed_outputs, partial_outputs
 from cogvid.request import GenerationRequest, parse_loras
 from cogvid.sidecar import read_request
 from cogvid.spec import parse_size
@@ -42,15 +41,6 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSONL_FIELDS = ("prompt", "from", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")
 JSONL_HINT = 'write {"prompt": "..."} on each line, with optional settings'
 IMAGE_SEPARATOR = "@@"
-SIDECAR_KEY = "batch_key"
-LOCK_NAME = ".cogvid-batch.lock"
-
-# Names the writers in cogvid.video leave behind when a process dies mid-write (SIGKILL):
-# an empty reservation "0007-slug-s42.mp4", a temporary ".0007-slug-s42.1a2b3c4d.tmp.mp4" and a
-# per-index lock ".0007.reserving".
-_RESERVATION_RE = re.compile(r"^\d{4,}-.+\.mp4$")
-_TEMP_RE = re.compile(r"^\.\d{4,}-.+\.[0-9a-f]{8}\.tmp\.[A-Za-z0-9]+$")
-_RESERVING_RE = re.compile(r"^\.\d{4,}\.reserving$")
 
 
 @dataclass(frozen=True)
@@ -252,102 +242,12 @@ def job_key(request: GenerationRequest, video_index: int, model: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-# ---------------------------------------------------------------------------------------------
-# Outputs already there, and leftovers of killed runs
-
-
-def _day_folders(out_dir: Path) -> list[Path]:
-    if not out_dir.is_dir():
-        return []
-    return sorted(entry for entry in out_dir.iterdir() if entry.is_dir())
-
-
-def completed_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
-    """``batch_key -> video`` for every complete batch output under ``out_dir/<day>/``.
-
-    A sidecar is written only after its video is complete, so a readable sidecar with a
-    ``batch_key`` whose video exists and is not empty marks a finished video. Empty reservations
-    and temporary files never count.
-    """
-    done: dict[str, Path] = {}
-    for folder in _day_folders(Path(out_dir).expanduser()):
-        for sidecar in sorted(folder.glob("*.json")):
-            try:
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if not isinstance(data, dict) or not isinstance(data.get(SIDECAR_KEY), str):
-                continue
-            name = data.get("file")
-            own_name = isinstance(name, str) and "/" not in name
-            video = sidecar.with_name(name) if own_name else sidecar.with_suffix(".mp4")
-            try:
-                complete = video.is_file() and video.stat().st_size > 0
-            except OSError:
-                complete = False
-            if complete:
-                done.setdefault(data[SIDECAR_KEY], video)
-    return done
-
-
-def partial_outputs(out_dir: str | os.PathLike) -> list[Path]:
-    """Files a killed writer left under ``out_dir/<day>/``: empty reservations, temporaries, index locks."""
-    leftovers = []
-    for folder in _day_folders(Path(out_dir).expanduser()):
-        for entry in sorted(folder.iterdir()):
-            name = entry.name
-            try:
-                if _TEMP_RE.match(name) or _RESERVING_RE.match(name):
-                    leftovers.append(entry)
-                elif _RESERVATION_RE.match(name) and entry.is_file() and entry.stat().st_size == 0:
-                    leftovers.append(entry)
-            except OSError:
-                continue
-    return leftovers
-
-
-@contextlib.contextmanager
-def claim_output_folder(out_dir: str | os.PathLike) -> Iterator[list[Path]]:
-    """Hold ``out_dir/.cogvid-batch.lock`` (shared) while a batch writes there.
-
-    The first batch to claim a folder that no other batch holds removes the leftovers of killed
-    runs (:func:`partial_outputs`) before it writes anything; it yields what it removed. A batch
-    that finds the folder held by others (e.g. other torchrun ranks) removes nothing, since their
-    files may be in flight. Where ``fcntl`` is unavailable nothing is removed (leftovers are ignored).
-    """
-    folder = Path(out_dir).expanduser()
-    try:
-        import fcntl
-    except ImportError:  # Windows: leftovers are only ignored
-        yield []
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as e:
-        raise UsageError(f"cannot write to the output folder {folder}: {e}", hint="choose another --out folder") from e
-    removed: list[Path] = []
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alone = True
-        except OSError:
-            alone = False
-        if alone:
-            for path in partial_outputs(folder):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
-        with contextlib.suppress(OSError):  # file systems without locks: go on unlocked
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while another batch is cleaning
-        yield removed
-    finally:
-        os.close(fd)
-
-
 __all__ = [
     "JSONL_FIELDS",
+    "LOCK_NAME",
     "SIDECAR_KEY",
+    "BatchClaims",
+    "Claim",
     "Job",
     "claim_output_folder",
     "completed_outputs",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cogvid.batch import SIDECAR_KEY, Job, claim_output_folder, completed_outputs, job_key, model_key, parse_prompt_file
+from cogvid.batch import SIDECAR_KEY, BatchClaims, Job, claim_output_folder, completed_outputs, job_key, model_key, parse_prompt_file
 from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
 from cogvid.errors import Cancelled, CheckpointError, CogvidError, GenerationError, UsageError
 from cogvid.layout import check_lora_folders
@@ -36,6 +36,7 @@ class JobResult:
     error: str | None = None
     video_index: int = 0
     rank: int = 0
+    note: str | None = None  # why a video was skipped when it has no path ("another batch is making it")
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,7 @@ class BatchObserver(Protocol):
     def video(self, position: int, unit: Unit) -> None: ...
     def progress(self, event: Any) -> None: ...
     def written(self, path: Path, video: Any, unit: Unit) -> None: ...
+    def skipped(self, unit: Unit, reason: str, path: str | None) -> None: ...
     def failed(self, unit: Unit, error: BaseException) -> None: ...
     def advance(self) -> None: ...
 
@@ -139,6 +141,7 @@ class BatchRun:
     write_guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     results: list[JobResult] = field(default_factory=list)
     tracker: Any = None  # the WandbLogger, while the batch runs
+    claims: Any = None  # the BatchClaims, while the batch runs: one batch makes each video
 
 
 def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
@@ -151,7 +154,9 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
         require_credentials()  # before anything loads
     results = run.results
     results.extend(JobResult(job.line, job.prompt, "invalid", error=job.error, rank=plan.rank) for job in plan.invalid)
-    with claim_output_folder(run.out) as removed:
+    # Stale leftovers go first; claims let batches sharing the folder split its videos.
+    with claim_output_folder(run.out) as removed, BatchClaims(run.out, resume=run.resume) as claims:
+        run.claims = claims
         if removed:
             run.observer.notice(f"removed {len(removed)} partial file(s) left by an interrupted run")
         done = completed_outputs(run.out) if run.resume else {}
@@ -215,6 +220,13 @@ def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) 
     run.observer.video(position, unit)
     started = time.perf_counter()
     try:
+        claim = run.claims.take(unit.key) if run.claims is not None else None
+        if claim is not None and not claim.mine:  # another batch makes it, or made it meanwhile
+            path = str(claim.path) if claim.path else None
+            run.results.append(JobResult(job.line, job.prompt, "skipped", path, video_index=unit.video_index, rank=plan.rank, note=claim.reason))
+            run.observer.skipped(unit, claim.reason, path)
+            run.observer.advance()
+            return
         video = pipe.run(unit.prepared, callback=run.observer.progress)
         video.metadata.update({SIDECAR_KEY: unit.key, "batch_file": str(plan.file), "batch_line": job.line})
         with run.write_guard():  # a finished video is saved whole, sidecar included, and counted

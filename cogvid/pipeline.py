@@ -61,27 +61,22 @@ class Video:
     latents: torch.Tensor | None = None  # the sampler's float32 output (1, T, C, h, w); engine.decode() re-decodes it exactly
 
     def save(self, path: str | Path, fps: int | None = None) -> Path:
-        """Write the MP4 and its JSON sidecar (both atomically, never overwriting); returns the video path."""
-        from cogvid.video import write_sidecar, write_video
+        """Write the MP4 and its JSON sidecar as a unit; returns the video path.
+
+        Both names must be free; on any failure neither file is left (see :mod:`cogvid.outputs`).
+        """
+        from cogvid.outputs import publish_pair
 
         if Path(path).suffix.lower() != ".mp4":
             raise UsageError(f"cannot save {path}: cogvid writes H.264 MP4 files", hint="give a path ending in .mp4")
-        fps = fps or self.fps
-        path = write_video(self.frames, path, fps=fps)
-        write_sidecar(path, {**self.metadata, "fps": fps, "file": path.name})
-        return path
+        return publish_pair(self.frames, fps or self.fps, self.metadata, path)
 
     def save_new(self, folder: str | Path, fps: int | None = None) -> Path:
-        """Write under ``folder/<date>/<n>-<slug>-s<seed>.mp4`` (the next free number) with its sidecar."""
-        from cogvid.video import output_path
+        """Write under ``folder/<date>/<n>-<slug>-s<seed>.mp4`` (the next free number) with its sidecar,
+        as ``cogvid t2v``, ``batch`` and the REPL do."""
+        from cogvid.outputs import publish
 
-        path = output_path(folder, str(self.metadata.get("prompt", "")), int(self.metadata.get("seed", 0)))
-        try:
-            return self.save(path, fps=fps)
-        except BaseException:
-            if path.exists() and path.stat().st_size == 0:
-                path.unlink()  # give back the reserved name
-            raise
+        return publish(self, folder, fps=fps)
 
 
 def load(

@@ -1,25 +1,24 @@
 """Writing results: output names, MP4 (H.264) files, JSON sidecars, frame strips and GIFs.
 
-Every file is written under a temporary name in its destination folder and renamed into place
-only when complete, so a reader never sees half a video; nothing existing is ever overwritten.
-:func:`output_path` reserves ``<out>/<YYYY-MM-DD>/<index>-<slug>-s<seed>.mp4`` by creating it empty
-(``O_EXCL``), which makes names unique across processes (e.g. torchrun ranks) sharing a folder;
-the writers then replace that empty placeholder, and only an empty placeholder.
+Every file is written under a temporary name and published only when complete, and nothing existing
+is ever overwritten; a video and its sidecar appear together. The protocol behind this (reserved
+names, writes in progress, what counts as done, leftovers of killed writers, batch claims) is
+:mod:`cogvid.outputs`; this module encodes and formats.
 
 This module imports neither torch nor imageio at import time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
 import re
+import signal
+import subprocess
 import unicodedata
-import uuid
 import warnings
-from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,6 @@ import numpy as np
 from cogvid.errors import CogvidWarning, GenerationError, MissingFileError, UsageError
 
 SLUG_MAX = 48
-INDEX_DIGITS = 4
-_INDEX_RE = re.compile(r"^(\d+)-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,127 +44,17 @@ def slugify(prompt: str, max_length: int = SLUG_MAX) -> str:
     return slug.strip("-") or "video"
 
 
-def _used_indices(folder: Path) -> set[int]:
-    used = set()
-    for entry in os.listdir(folder):
-        match = _INDEX_RE.match(entry)
-        if match:
-            used.add(int(match.group(1)))
-    return used
-
-
-def _create_exclusive(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
-
-
-def check_output_folder(out_dir: str | os.PathLike) -> None:
-    """UsageError (before any work) when videos cannot be written under ``out_dir``; creates nothing."""
-    folder = Path(out_dir).expanduser()
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UsageError(f"cannot write videos to {folder}: {probe} is a file, not a folder", hint="choose another --out folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write videos to {folder}: {probe} is not writable", hint="choose another --out folder")
-    day = folder / _dt.datetime.now().strftime("%Y-%m-%d")
-    if day.exists() and not (day.is_dir() and os.access(day, os.W_OK | os.X_OK)):
-        raise UsageError(f"cannot write videos to {day}: it is not a writable folder", hint="choose another --out folder")
-
-
 def output_path(
     out_dir: str | os.PathLike, prompt: str, seed: int, ext: str = "mp4", now: _dt.datetime | None = None
 ) -> Path:
     """Reserve and return ``<out_dir>/<YYYY-MM-DD>/<index>-<slug>-s<seed>.<ext>``.
 
-    ``index`` (4 digits, from 0000) is the next number not used by any file in the day folder.
-    The returned file exists, empty: it is the reservation the writers replace. Safe against
-    other processes reserving in the same folder at the same time.
+    ``index`` (4 digits, from 0000) is the next number not used in the day folder; this process
+    holds it against every other until it writes that name (see :func:`cogvid.outputs.output_path`).
     """
-    day = (now or _dt.datetime.now()).strftime("%Y-%m-%d")
-    folder = Path(out_dir).expanduser() / day
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {folder}: {e}", hint="choose another --out folder") from e
-    name_tail = f"{slugify(prompt)}-s{seed}.{ext.lstrip('.')}"
-    index = max(_used_indices(folder), default=-1) + 1
-    while True:
-        # A per-index lock: only its holder may claim `index`; it re-checks the folder while
-        # holding it, so a reservation made since the scan above is seen.
-        lock = folder / f".{index:0{INDEX_DIGITS}d}.reserving"
-        if not _create_exclusive(lock):
-            index += 1
-            continue
-        try:
-            if index in _used_indices(folder):
-                index = max(_used_indices(folder)) + 1
-                continue
-            path = folder / f"{index:0{INDEX_DIGITS}d}-{name_tail}"
-            if _create_exclusive(path):
-                return path
-            index += 1
-        finally:
-            lock.unlink(missing_ok=True)
+    from cogvid.outputs import output_path as reserve_name
 
-
-# ---------------------------------------------------------------------------------------------
-# Atomic, never-overwriting publication
-
-
-def _temp_path(path: Path) -> Path:
-    # Keep the extension last: ffmpeg picks the container from it.
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-
-
-def _exists_error(path: Path) -> UsageError:
-    return UsageError(f"{path} already exists; cogvid never overwrites files", hint="choose another output name")
-
-
-def _publish(temp: Path, path: Path) -> None:
-    """Move the finished ``temp`` to ``path``; ``path`` may only be absent or an empty reservation."""
-    if path.exists():
-        if path.is_file() and path.stat().st_size == 0:
-            os.replace(temp, path)  # our own reservation from output_path()
-            return
-        raise _exists_error(path)
-    try:
-        os.link(temp, path)  # atomic and fails if `path` appeared meanwhile
-    except FileExistsError as e:
-        raise _exists_error(path) from e
-    except OSError:
-        os.replace(temp, path)  # file systems without hard links
-        return
-    temp.unlink()
-
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; publish it on success, delete it (and an empty
-    reservation of ``path``) on any error, KeyboardInterrupt included."""
-    final = Path(path).expanduser()
-    if final.exists() and not (final.is_file() and final.stat().st_size == 0):
-        raise _exists_error(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create folder {final.parent}: {e}") from e
-    reserved = final.exists()
-    temp = _temp_path(final)
-    try:
-        yield temp
-        _publish(temp, final)
-    except BaseException:
-        if reserved and final.is_file() and final.stat().st_size == 0:
-            final.unlink()  # give the reserved name back: no empty video is left behind
-        raise
-    finally:
-        temp.unlink(missing_ok=True)
+    return reserve_name(out_dir, prompt, seed, ext, now)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,19 +95,10 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 # Writers
 
 
-def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, quality: float = 5.0) -> Path:
-    """Write uint8 frames (T, H, W, 3) as an H.264 (libx264, yuv420p) MP4 that browsers play.
-
-    Any even size is kept exactly (``macro_block_size=1``: no rescaling to multiples of 16).
-    yuv420p cannot store an odd width or height: such frames get one replicated edge row/column,
-    with a warning. ``quality`` is imageio's 0-10 scale (5, the original's default, is CRF 25;
-    10 is CRF 0). ``+faststart`` puts the index first so playback starts while loading.
-    """
-    import imageio_ffmpeg
-
+def even_size(frames: np.ndarray, stacklevel: int = 2) -> np.ndarray:
+    """Checked uint8 frames (T, H, W, 3), with one replicated edge row/column added where the height
+    or width is odd (yuv420p cannot store it), with a warning."""
     array = _check_frames(frames)
-    if fps <= 0:
-        raise UsageError(f"fps must be positive, found {fps}")
     pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
     if pad_h or pad_w:
         warnings.warn(
@@ -228,31 +106,96 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, quality
             f"replicating the last {'row' if pad_h else ''}{' and ' if pad_h and pad_w else ''}"
             f"{'column' if pad_w else ''}",
             CogvidWarning,
-            stacklevel=2,
+            stacklevel=stacklevel + 1,
         )
         array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    height, width = array.shape[1], array.shape[2]
-    with _atomic_target(path) as temp:
-        writer = imageio_ffmpeg.write_frames(
-            str(temp),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=quality,
-            macro_block_size=1,
-            ffmpeg_log_level="error",
-            output_params=["-movflags", "+faststart"],
+    return array
+
+
+def _describe_exit(returncode: int) -> str:
+    """``1`` -> ``exit status 1``; ``-25`` -> ``signal SIGXFSZ``."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def _run_ffmpeg(command: list[str], data: memoryview, keep_fds: tuple[int, ...]) -> tuple[int, str]:
+    """Run ffmpeg with ``data`` on stdin; (exit status, the end of its stderr).
+
+    It runs in its own session, so a Ctrl-C meant for cogvid does not cut the file short behind
+    our back; on any error here (KeyboardInterrupt included) it is killed and waited for.
+    """
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, pass_fds=keep_fds,
+    )
+    try:
+        _, stderr = process.communicate(input=data)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process.returncode, stderr.decode("utf-8", "replace")[-2000:].strip()
+
+
+def encode_mp4(frames: np.ndarray, path: Path, fps: float, quality: float = 5.0) -> None:
+    """Encode uint8 frames (T, H, W, 3), H and W even, as the H.264 MP4 ``path`` (a new file).
+
+    GenerationError unless ffmpeg exits 0 and ``path`` reads back with T frames: a full disk or a
+    file-size limit never passes for a video. libx264, yuv420p, ``+faststart``; ``quality`` is
+    imageio's 0-10 scale (5 is CRF 25, 10 is CRF 0).
+    """
+    import imageio_ffmpeg
+
+    from cogvid.outputs import lock_fds_for
+
+    if fps <= 0:
+        raise UsageError(f"fps must be positive, found {fps}")
+    if not 0 <= quality <= 10:
+        raise UsageError(f"quality must be between 0 and 10, found {quality}")
+    count, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-n", "-f", "rawvideo", "-vcodec", "rawvideo",
+        "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()),
+        "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int((1 - quality / 10) * 51)),
+        "-v", "error", "-movflags", "+faststart", str(path),
+    ]
+    data = memoryview(np.ascontiguousarray(frames)).cast("B")  # (T, H, W, 3) -> T*H*W*3 bytes, no copy
+    # ffmpeg inherits the write's lock: its file is not a leftover while it runs, even if we die.
+    returncode, stderr = _run_ffmpeg(command, data, lock_fds_for(path))
+    if returncode != 0:
+        full = "No space left" in stderr or "Disk quota" in stderr or returncode == -getattr(signal, "SIGXFSZ", 0)
+        raise GenerationError(
+            f"ffmpeg failed writing {path.name} ({_describe_exit(returncode)})" + (f": {stderr}" if stderr else ""),
+            hint="free some disk space (or raise the file-size limit) and retry" if full else None,
         )
-        try:
-            writer.send(None)  # start ffmpeg
-            for frame in array:
-                writer.send(np.ascontiguousarray(frame))
-        except (OSError, RuntimeError) as e:
-            raise GenerationError(f"ffmpeg failed while writing {path}: {e}") from e
-        finally:
-            writer.close()
+    try:
+        written, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (RuntimeError, OSError, ValueError) as e:
+        raise GenerationError(f"ffmpeg wrote an unreadable video {path.name}: {str(e)[-500:]}") from e
+    if written != count:
+        raise GenerationError(f"ffmpeg wrote {written} of {count} frames to {path.name}")
+
+
+def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, quality: float = 5.0) -> Path:
+    """Write uint8 frames (T, H, W, 3) as an H.264 (libx264, yuv420p) MP4 that browsers play.
+
+    Any even size is kept exactly (no rescaling to multiples of 16). yuv420p cannot store an odd
+    width or height: such frames get one replicated edge row/column, with a warning. ``quality``
+    is imageio's 0-10 scale (5, the original's default, is CRF 25; 10 is CRF 0). ``+faststart``
+    puts the index first so playback starts while loading. The file is published only once ffmpeg
+    exited 0 and it reads back whole; ``path`` must not exist.
+    """
+    from cogvid.outputs import atomic_file
+
+    array = even_size(frames)
+    if fps <= 0:
+        raise UsageError(f"fps must be positive, found {fps}")
+    with atomic_file(path) as temp:
+        encode_mp4(array, temp, fps, quality)
     return Path(path).expanduser()
 
 
@@ -277,11 +220,20 @@ def sidecar_path(video_path: str | os.PathLike) -> Path:
     return Path(video_path).expanduser().with_suffix(".json")
 
 
+def sidecar_text(metadata: dict) -> str:
+    """The sidecar's JSON text (numpy and torch values, paths and dates made plain)."""
+    return json.dumps(metadata, indent=2, ensure_ascii=False, default=_jsonable) + "\n"
+
+
 def write_sidecar(path: str | os.PathLike, metadata: dict) -> Path:
-    """Write ``metadata`` as JSON beside the video ``path`` (``.json`` suffix), atomically."""
+    """Write ``metadata`` as JSON beside the video ``path`` (``.json`` suffix), atomically.
+
+    A video with its sidecar is better written as a unit: :func:`cogvid.outputs.publish_pair`."""
+    from cogvid.outputs import atomic_file
+
     target = sidecar_path(path)
-    text = json.dumps(metadata, indent=2, ensure_ascii=False, default=_jsonable) + "\n"
-    with _atomic_target(target) as temp:
+    text = sidecar_text(metadata)
+    with atomic_file(target) as temp:
         temp.write_text(text, encoding="utf-8")
     return target
 
@@ -308,7 +260,9 @@ def save_frame_strip(frames: np.ndarray, path: str | os.PathLike, n: int = 8, he
     if height is not None and height != array.shape[1]:
         width = max(1, round(image.width * height / image.height))
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-    with _atomic_target(path) as temp:
+    from cogvid.outputs import atomic_file
+
+    with atomic_file(path) as temp:
         image.save(temp, format="PNG")
     return Path(path).expanduser()
 
@@ -321,7 +275,9 @@ def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
     if fps <= 0:
         raise UsageError(f"fps must be positive, found {fps}")
     images = [Image.fromarray(frame) for frame in array]
-    with _atomic_target(path) as temp:
+    from cogvid.outputs import atomic_file
+
+    with atomic_file(path) as temp:
         images[0].save(
             temp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
         )

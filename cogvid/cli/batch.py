@@ -78,6 +78,9 @@ class BatchProgress(console.ProgressRenderer):
         else:
             console.out.print(str(path), markup=False, highlight=False)
 
+    def skipped(self, unit: Any, reason: str, path: str | None) -> None:
+        console.err.print(f"line {unit.job.line}: skipped, {reason}" + (f": {path}" if path else ""), markup=False)
+
     def failed(self, unit: Any, error: BaseException) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         console.print_error(f"line {unit.job.line}: {message}", getattr(error, "hint", None))
@@ -96,7 +99,7 @@ def print_summary(results: list, seconds: float) -> None:
     table.add_column("seconds", justify="right")
     for result in sorted(results, key=lambda r: (r.line, r.video_index)):
         style = STATUS_STYLES.get(result.status, "")
-        output = Text(result.path or "") if result.ok else Text(result.error or "", style="red")
+        output = Text(result.path or result.note or "") if result.ok else Text(result.error or "", style="red")
         secs = f"{result.seconds:.1f}" if result.status in ("done", "failed") else ""
         table.add_row(str(result.line), Text(result.prompt), Text(result.status, style=style), output, secs)
     console.err.print(table)
@@ -146,7 +149,7 @@ def batch(
         show_dry_run([unit.prepared for unit in plan.units], options.as_json)
         check_results(plan.invalid_results())
         return
-    from cogvid.video import check_output_folder
+    from cogvid.outputs import check_output_folder
 
     check_output_folder(options.out)
     progress = BatchProgress(quiet=not plan.lead, as_json=options.as_json)

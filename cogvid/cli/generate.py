@@ -35,7 +35,7 @@ GENERATION_OPTIONS = (FROM, MODEL_OPTIONS, VIDEO_OPTIONS, NUM_VIDEOS, OUTPUT_OPT
 def run_videos(request: GenerationRequest, options: CliOptions) -> None:
     """Check ``request`` (nothing loads before that), load its model once, make and write its videos."""
     from cogvid.prepare import prepare
-    from cogvid.video import check_output_folder
+    from cogvid.outputs import check_output_folder
 
     prepared = prepare(request)
     if options.dry_run:

@@ -139,7 +139,7 @@ def repl(
     from cogvid.prepare import resolve_model
     from cogvid.repl_session import ReplSession, check_template
 
-    from cogvid.video import check_output_folder
+    from cogvid.outputs import check_output_folder
 
     template = options.request(image=image)
     model = resolve_model(template.model)

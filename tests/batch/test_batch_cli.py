@@ -160,11 +160,11 @@ def test_sigkill_mid_run_then_resume_finishes_each_prompt_exactly_once(tmp_path)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert len(_sidecars(out)) < 3
-    # What a kill in the middle of writing leaves: an empty reservation and a half-written temporary.
-    day = next(p for p in out.iterdir() if p.is_dir())
-    (day / "0099-red-fish-s2.mp4").write_bytes(b"")
-    (day / ".0099-red-fish-s2.0badc0de.tmp.mp4").write_bytes(b"half a video")
-    (day / ".0100.reserving").write_bytes(b"")
+    # What a kill in the middle of writing leaves: its write folder, unlocked, with a half-written video.
+    day = next(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    (day / ".0099.writing").mkdir()
+    (day / ".0099.writing" / "owner").write_text("12345 elsewhere\n")
+    (day / ".0099.writing" / "0099-red-fish-s2.mp4").write_bytes(b"half a video")
 
     result = runner.invoke(app, ["batch", str(prompts), *SLOW, "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output

@@ -183,32 +183,28 @@ def test_completed_outputs_needs_sidecar_and_non_empty_video(tmp_path):
     assert completed_outputs(tmp_path / "nothing-here") == {}
 
 
-def test_partial_outputs_are_removed_only_when_no_other_batch_holds_the_folder(tmp_path):
+def test_partial_outputs_are_the_writes_of_dead_writers_only(tmp_path):
+    import datetime as dt
+
+    from cogvid.outputs import reserve
+
     out = tmp_path / "out"
     keep = _sidecar(out / "2026-01-01", "0000-a-s0", "k1")
     day = out / "2026-01-01"
-    leftovers = [
-        day / "0001-b-s1.mp4",  # empty reservation
-        day / ".0001-b-s1.0123abcd.tmp.mp4",  # a half-written video
-        day / ".0002-c-s2.89abcdef.tmp.json",  # a half-written sidecar
-        day / ".0003.reserving",  # an index lock
-    ]
-    for path in leftovers:
-        path.write_bytes(b"")
-    leftovers[1].write_bytes(b"half a video")
-    assert sorted(partial_outputs(out)) == sorted(leftovers)
-    # Another live batch holds the folder: its files may be in flight, nothing is removed.
-    with claim_output_folder(out) as first:
-        assert sorted(first) == sorted(leftovers)
-        for path in leftovers:
-            path.write_bytes(b"")
-        with claim_output_folder(out) as second:
-            assert second == []
-        assert all(path.exists() for path in leftovers)
-    with claim_output_folder(out) as third:
-        assert sorted(third) == sorted(leftovers)
-    assert not any(path.exists() for path in leftovers)
+    stale = day / ".0001.writing"  # a killed writer's: nobody holds the lock on its owner file
+    stale.mkdir()
+    (stale / "owner").write_text("12345 elsewhere\n")
+    (stale / "0001-b-s1.mp4").write_bytes(b"half a video")
+    not_ours = day / "0002-c-s2.mp4"
+    not_ours.write_bytes(b"")  # an empty file cogvid did not write: never touched
+    live = reserve(out, "live", 3, now=dt.datetime(2026, 1, 1))  # a write in progress (this process)
+    assert partial_outputs(out) == [stale]
+    with claim_output_folder(out) as removed:
+        assert removed == [stale]
+    assert not stale.exists() and live.dir.is_dir() and not_ours.exists()
     assert keep.exists() and keep.with_suffix(".json").exists()
+    live.close()
+    assert sorted(p.name for p in day.iterdir()) == ["0000-a-s0.json", "0000-a-s0.mp4", "0002-c-s2.mp4"]
 
 
 def test_rank_info_shard_and_device(monkeypatch):

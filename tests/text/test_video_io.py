@@ -72,7 +72,8 @@ def test_slugify():
 def test_output_path_layout_and_next_free_index(tmp_path):
     first = output_path(tmp_path, "A red ball", 42, now=NOW)
     assert first == tmp_path / "2025-03-14" / "0000-a-red-ball-s42.mp4"
-    assert first.exists() and first.stat().st_size == 0  # the reservation
+    assert not first.exists()  # reserved by this process's hidden write folder, not by an empty file
+    assert (tmp_path / "2025-03-14" / ".0000.writing" / "owner").is_file()
     (tmp_path / "2025-03-14" / "0007-old-s1.json").write_text("{}")
     (tmp_path / "2025-03-14" / "notes.txt").write_text("not numbered")
     second = output_path(tmp_path, "A red ball", 42, now=NOW)
@@ -85,12 +86,16 @@ def test_unique_names_across_processes(tmp_path):
     script = textwrap.dedent(
         f"""
         import datetime, os, sys, time
+        from cogvid.outputs import atomic_file
         from cogvid.video import output_path
         now = datetime.datetime(2025, 3, 14)
         while not os.path.exists({str(tmp_path / "go")!r}):  # start together
             time.sleep(0.005)
         for i in range(5):
-            print(output_path({str(tmp_path)!r}, "proc " + sys.argv[1] + " item " + str(i), i, now=now).name)
+            path = output_path({str(tmp_path)!r}, "proc " + sys.argv[1] + " item " + str(i), i, now=now)
+            with atomic_file(path) as temp:  # writes the reserved name, ending the reservation
+                temp.write_bytes(b"x")
+            print(path.name)
         """
     )
     procs = [
@@ -103,7 +108,7 @@ def test_unique_names_across_processes(tmp_path):
     indices = sorted(int(name[:4]) for name in names)
     assert indices == list(range(20))  # 20 reservations, no index given twice
     folder = tmp_path / "2025-03-14"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no lock files left behind
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no write folders left behind
 
 
 # --- MP4 ------------------------------------------------------------------------------------
@@ -161,35 +166,21 @@ def test_never_overwrites(tmp_path):
     [(OSError, GenerationError), (KeyboardInterrupt, KeyboardInterrupt), (ValueError, ValueError)],
 )
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, error, raised):
-    import imageio_ffmpeg
+    import cogvid.video as video_module
 
-    real_write_frames = imageio_ffmpeg.write_frames
+    real_run_ffmpeg = video_module._run_ffmpeg
 
-    def failing_write_frames(*args, **kwargs):
-        writer = real_write_frames(*args, **kwargs)
+    def failing_run_ffmpeg(command, data, keep_fds):
+        with open(command[-1], "wb") as half:  # ffmpeg got part of the way
+            half.write(b"\0" * 100)
+        raise error("boom")
 
-        def wrapped():
-            received = 0
-            frame = yield
-            writer.send(None)
-            try:
-                while True:
-                    if received == 3:
-                        raise error("boom")
-                    writer.send(frame)
-                    received += 1
-                    frame = yield
-            finally:
-                writer.close()
-
-        return wrapped()
-
-    monkeypatch.setattr(imageio_ffmpeg, "write_frames", failing_write_frames)
+    monkeypatch.setattr(video_module, "_run_ffmpeg", failing_run_ffmpeg)
     path = output_path(tmp_path, "doomed", 3, now=NOW)
     with pytest.raises(raised):
         write_video(moving_gradient(6, 16, 16), path, fps=8)
-    assert list(path.parent.iterdir()) == []  # neither the temp file nor the empty reservation
-    monkeypatch.setattr(imageio_ffmpeg, "write_frames", real_write_frames)
+    assert list(path.parent.iterdir()) == []  # neither the temporary file nor the reservation
+    monkeypatch.setattr(video_module, "_run_ffmpeg", real_run_ffmpeg)
     again = output_path(tmp_path, "doomed", 3, now=NOW)
     assert again == path  # the index was given back
 
