@@ -154,6 +154,8 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
         require_credentials()  # before anything loads
     results = run.results
     results.extend(JobResult(job.line, job.prompt, "invalid", error=job.error, rank=plan.rank) for job in plan.invalid)
+    if not plan.units:
+        return results  # nothing to make here: the output folder is not touched
     # Stale leftovers go first; claims let batches sharing the folder split its videos.
     with claim_output_folder(run.out) as removed, BatchClaims(run.out, resume=run.resume) as claims:
         run.claims = claims

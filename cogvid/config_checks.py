@@ -151,7 +151,8 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
     """
 
     def fail(key: str, message: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(f"{_located(f'{NETWORK_PARAMS}.{key}', origin)}: {message}", hint=hint)
+        default_hint = "the released models' values are in `cogvid models show NAME --json`; fix the YAML or the --set value"
+        return ConfigError(f"{_located(f'{NETWORK_PARAMS}.{key}', origin)}: {message}", hint=hint or default_hint)
 
     for key, value in params.items():
         if key in DIT_INJECTED:
@@ -165,7 +166,10 @@ def check_dit_params(params: Mapping[str, Any], targets: Mapping[str, str | None
             raise fail(key, f"expected {expected}, found {value!r}")
     missing = [key for key, p in DIT_PARAMETERS.items() if p.required and key not in params]
     if missing:
-        raise ConfigError(f"{NETWORK_PARAMS}: the DiT needs {', '.join(missing)}, which the configuration does not set")
+        raise ConfigError(
+            f"{NETWORK_PARAMS}: the DiT needs {', '.join(missing)}, which the configuration does not set",
+            hint="start from a released model's YAML (`cogvid models show NAME`)",
+        )
     for key, check in TRANSFORMER_ARGS.items():
         value = params["transformer_args"].get(key)
         expected = check(value)
@@ -264,7 +268,7 @@ def check_args_values(args: Mapping[str, Any], network: Mapping[str, Any] | None
     """Check the values of the args keys inference reads; ``network`` is the DiT's params (when known)."""
 
     def fail(key: str, message: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(f"{_located(f'args.{key}', origin)}: {message}", hint=hint)
+        return ConfigError(f"{_located(f'args.{key}', origin)}: {message}", hint=hint or "fix the YAML or the --set value")
 
     for key in ("sampling_fps", "sampling_num_frames"):
         if args.get(key) is not None and _positive_int(args[key]) is not None:

@@ -256,15 +256,20 @@ def _start_writing(folder: Path, ident: str) -> Writing | None:
 
 
 def check_output_folder(out_dir: str | os.PathLike) -> None:
-    """UsageError (before any work) when videos cannot be written under ``out_dir``; creates nothing."""
+    """UsageError (before any work) when videos cannot be written under ``out_dir``; creates the
+    folder (empty) if it is missing, since every way of knowing it can be made is making it."""
     folder = Path(out_dir).expanduser()
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise UsageError(f"cannot write videos to {folder}: {probe} is a file, not a folder", hint="choose another --out folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write videos to {folder}: {probe} is not writable", hint="choose another --out folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write videos to {folder}: {e.strerror or e}", hint="choose another --out folder") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write videos to {folder}: it is not writable", hint="choose another --out folder")
     day = folder / _dt.datetime.now().strftime("%Y-%m-%d")
     if day.exists() and not (day.is_dir() and os.access(day, os.W_OK | os.X_OK)):
         raise UsageError(f"cannot write videos to {day}: it is not a writable folder", hint="choose another --out folder")

@@ -70,7 +70,8 @@ def check_number(value: Any, what: str, minimum: float, hint: str | None = None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArgumentTypeError(f"{what} must be a number, found {_shown(value)}", hint=hint)
     if not math.isfinite(value) or value < minimum:
-        raise UsageError(f"{what} must be a finite number of at least {minimum:g}, found {value}", hint=hint)
+        bound = "" if minimum == -math.inf else f" of at least {minimum:g}"
+        raise UsageError(f"{what} must be a finite number{bound}, found {value}", hint=hint)
     return float(value)
 
 
@@ -118,7 +119,7 @@ class LoraSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _path(self.path, "a LoRA path"))
-        scale = check_number(self.scale, f"the scale of LoRA {self.path}", -math.inf)
+        scale = check_number(self.scale, f"the scale of LoRA {self.path}", -math.inf, hint="e.g. 0.8 (1 = as trained)")
         if abs(scale) > MAX_LORA_SCALE:
             raise UsageError(
                 f"LoRA scale {scale:g} is out of range: strengths beyond +-{MAX_LORA_SCALE:g} only saturate the video",
