@@ -185,14 +185,18 @@ class VideoDiffusionEngine(nn.Module):
         *,
         generator: torch.Generator,
         callback: Callable[[int, int, float], None] | None = None,
+        denoiser: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32."""
+        """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32.
+
+        ``denoiser`` replaces :meth:`denoise` (e.g. the guidance split of :mod:`cogvid.parallel.runtime`).
+        """
         x = noise.to(device=self.device, dtype=torch.float32)
         ofs = None
         if getattr(self.network, "ofs_embed_dim", None):
             ofs = torch.tensor([OFS_VALUE], device=self.device, dtype=torch.float32)
         try:
-            return sampler(self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
+            return sampler(denoiser or self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {self.device} while denoising",
@@ -207,14 +211,25 @@ class VideoDiffusionEngine(nn.Module):
         schedule: str | None = None,
         tiling: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        group: Any = None,
     ) -> torch.Tensor:
-        """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1]."""
+        """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1].
+
+        ``group``: a torch.distributed process group whose ranks decode together (context-parallel,
+        :func:`cogvid.vae.parallel.decode_parallel`, same frames); every rank gets the frames. Tiled
+        decoding runs whole on each rank.
+        """
         z = latents.permute(0, 2, 1, 3, 4).contiguous() / self.scale_factor  # (B, T, C, h, w) -> (B, C, T, h, w)
         if self.offload and self.device.type == "cuda":
             self.network.to("cpu")
             torch.cuda.empty_cache()
         try:
-            frames = self.first_stage.decode(z.to(self.dtype), schedule=schedule, tiling=tiling, callback=callback)
+            if group is not None and not tiling:
+                from cogvid.vae.parallel import decode_parallel
+
+                frames = decode_parallel(self.first_stage, z.to(self.dtype), schedule=schedule, group=group, callback=callback)
+            else:
+                frames = self.first_stage.decode(z.to(self.dtype), schedule=schedule, tiling=tiling, callback=callback)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {self.device} while decoding",
