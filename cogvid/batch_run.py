@@ -20,6 +20,7 @@ from cogvid.batch import SIDECAR_KEY, Job, claim_output_folder, completed_output
 from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
 from cogvid.errors import Cancelled, CheckpointError, CogvidError, GenerationError, UsageError
 from cogvid.layout import check_lora_folders
+from cogvid.parallel import SPLIT_MODES
 from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
 from cogvid.request import GenerationRequest, LoraSpec
 
@@ -68,6 +69,7 @@ class BatchPlan:
     rank: int = 0
     world_size: int = 1
     gathered: bool = True  # results can be gathered on rank 0 (a summary of the whole batch there)
+    split: bool = False  # --parallel cfg/sequence: every rank takes part in every video, rank 0 writes
 
     @property
     def lead(self) -> bool:
@@ -86,7 +88,8 @@ class BatchPlan:
 
 def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedModel | None = None) -> BatchPlan:
     """Read ``file`` with ``template``'s settings, prepare every line for the model (nothing loads),
-    and pick this rank's share (line i goes to rank i % world size)."""
+    and pick this rank's share (line i goes to rank i % world size; every line with a split
+    ``--parallel`` mode, where the ranks make each video together)."""
     rank, world_size, _ = rank_info()
     model = model or resolve_model(template.model)
     check_lora_folders(spec.path for spec in template.model.loras)  # the command line's: every line would fail
@@ -96,11 +99,12 @@ def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedMod
     for job in jobs:
         if job.ok:
             try:
-                prepared[job.line] = prepare(job.request, model)
+                prepared[job.line] = prepare(job.request, model, batch=True)
             except CogvidError as e:
                 job = job.failed(e)
         checked.append(job)
-    mine = shard(checked, rank, world_size)
+    split = world_size > 1 and template.model.parallel in SPLIT_MODES
+    mine = checked if split else shard(checked, rank, world_size)
     units = []
     for job in mine:
         if not job.ok:
@@ -111,7 +115,7 @@ def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedMod
             units.append(Unit(job, k, job_key(job.request, k, key_model), video))
     invalid = [job for job in mine if not job.ok]
     gathered = world_size > 1 and can_gather()
-    return BatchPlan(Path(file), model, checked, units, invalid, rank, world_size, gathered or world_size == 1)
+    return BatchPlan(Path(file), model, checked, units, invalid, rank, world_size, gathered or world_size == 1, split)
 
 
 class BatchObserver(Protocol):
@@ -162,6 +166,9 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
                 results.append(JobResult(unit.job.line, unit.job.prompt, "skipped", path=path, video_index=unit.video_index, rank=plan.rank))
             else:
                 pending.append(unit)
+        if plan.split and plan.gathered:  # the ranks make the lead's list of videos together
+            lead_keys = set(gather_objects([unit.key for unit in pending])[0])
+            pending = [unit for unit in plan.units if unit.key in lead_keys]
         if run.resume and len(pending) < len(plan.units):
             who = f"rank {plan.rank}: " if plan.world_size > 1 else ""
             complete = len(plan.units) - len(pending)
@@ -216,6 +223,9 @@ def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) 
     started = time.perf_counter()
     try:
         video = pipe.run(unit.prepared, callback=run.observer.progress)
+        if plan.split and not plan.lead:  # rank 0 writes and records it
+            run.observer.advance()
+            return
         video.metadata.update({SIDECAR_KEY: unit.key, "batch_file": str(plan.file), "batch_line": job.line})
         with run.write_guard():  # a finished video is saved whole, sidecar included, and counted
             path = video.save_new(run.out, fps=run.fps)
@@ -248,6 +258,8 @@ def gather_results(plan: BatchPlan, results: list[JobResult]) -> list[JobResult]
     if plan.world_size == 1:
         return results
     everyone = gather_objects(results) if plan.gathered else None
+    if everyone is not None and plan.split:
+        everyone = everyone[:1]  # every rank made every video; rank 0 recorded them
     return [r for part in everyone for r in part] if everyone is not None else None
 
 

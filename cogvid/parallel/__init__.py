@@ -19,6 +19,7 @@ This module decides the layout and checks it before anything loads (no torch her
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cogvid.errors import UsageError
 
@@ -124,6 +125,28 @@ def plan_parallel(mode: str, world: int, *, heads: int, tokens: int, guided: boo
     return ParallelPlan(mode, world, cfg=cfg, sequence=degree)
 
 
+@dataclass(frozen=True)
+class Share:
+    """What this process does with a prepared request's videos under torchrun."""
+
+    videos: list  # the prepared requests (one per video) this process takes part in
+    writes: bool  # it writes them (and prints their results)
+    lead: bool  # it shows the progress (rank 0)
+
+
+def my_share(prepared: Any) -> Share:
+    """This process's part of a :class:`~cogvid.prepare.PreparedRequest`: with ``data``, video ``i``
+    of ``-n`` is made (and written) by rank ``i % world``; split modes make every video on every
+    rank and rank 0 writes it."""
+    from cogvid.distributed import rank_info, shard
+
+    rank = rank_info()[0]
+    videos, plan = prepared.videos(), prepared.parallel
+    if plan.mode == "data":
+        return Share(shard(videos, rank, plan.world), True, rank == 0)
+    return Share(videos, rank == 0, rank == 0)
+
+
 def _auto_mode(world: int, heads: int, tokens: int, guided: bool) -> str:
     if guided and world == 2:
         return "cfg"
@@ -137,6 +160,8 @@ __all__ = [
     "SINGLE",
     "SPLIT_MODES",
     "ParallelPlan",
+    "Share",
+    "my_share",
     "plan_parallel",
     "sequence_degree_ok",
     "sequence_shard",
