@@ -5,7 +5,7 @@ weights and a chosen width runs the model's own sampler (VP-SDE DPM-Solver++ wit
 step is one DiT call on the [uncond; cond] batch) under ``torchrun --nproc_per_node N`` with
 ``--parallel sequence`` (each rank: the text tokens, 1/N of the video tokens, heads/N heads in
 attention). Each rank counts the bytes of the tensors alive during denoising (every storage an op
-creates, until it is freed; weights and inputs made before are not counted) and keeps the peak.
+creates, until it is freed; weights, inputs and views of them are not counted) and keeps the peak.
 
 Prints a table (processes, per-rank peak activation MiB, ratio to one process, seconds per step,
 wall-time ratio, latents' max relative difference to one process) and one JSON line. CPU
@@ -31,8 +31,11 @@ from pathlib import Path
 TEXT_TOKENS, TEXT_WIDTH = 226, 4096  # the released models' T5 sequence and width
 
 
-def _live_bytes_mode():
-    """A dispatch mode that tracks the bytes of every storage created under it until it is freed."""
+def _live_bytes_mode(existing):
+    """A dispatch mode that tracks the bytes of every storage an op creates under it until it is freed.
+
+    Views alias what exists, and storages of ``existing`` tensors (weights, inputs) are never counted.
+    """
     import torch
     from torch.multiprocessing.reductions import StorageWeakRef
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,16 +46,17 @@ def _live_bytes_mode():
             super().__init__()
             self.live: dict[int, tuple[StorageWeakRef, int]] = {}
             self.current = self.peak = 0
+            self.existing = {t.untyped_storage().data_ptr() for t in existing}
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for key in [key for key, (ref, _) in self.live.items() if ref.expired()]:
                 self.current -= self.live.pop(key)[1]
-            for value in tree_leaves(out):
+            for value in [] if func.is_view else tree_leaves(out):
                 if isinstance(value, torch.Tensor) and value.device.type != "meta":
                     storage = value.untyped_storage()
                     key = storage.data_ptr()
-                    if key not in self.live and storage.nbytes():
+                    if key not in self.live and key not in self.existing and storage.nbytes():
                         self.live[key] = (StorageWeakRef(storage), storage.nbytes())
                         self.current += storage.nbytes()
             self.peak = max(self.peak, self.current)
@@ -98,7 +102,7 @@ def child(args: argparse.Namespace) -> None:
     noise = torch.randn(1, args.frames, 16, args.height, args.width, generator=generator)
     cond, uncond = {"crossattn": text}, {"crossattn": torch.zeros_like(text)}
     runtime = ParallelRuntime(ParallelPlan("sequence", world, sequence=world), torch.device("cpu")) if world > 1 else None
-    tracker = _live_bytes_mode()
+    tracker = _live_bytes_mode([*network.parameters(), *network.buffers(), text, noise, cond["crossattn"], uncond["crossattn"]])
     with torch.no_grad():
         context = runtime.denoising(network, denoise, 1) if runtime else _plain(denoise)
         with context as run:
