@@ -204,7 +204,8 @@ def _make_all(plan: BatchPlan, run: BatchRun, pending: list[Unit]) -> None:
         pipe = None  # the previous model is freed before the next one loads
         choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
         try:
-            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress,
+                        text_encoder=plan.lead or not plan.split)  # in a split, rank 0 encodes for everyone
         except (CheckpointError, UsageError) as e:  # e.g. a line's LoRA that does not fit: its lines fail
             for unit in units:
                 run.observer.video(position, unit)

@@ -51,7 +51,7 @@ class VideoDiffusionEngine(nn.Module):
         spec: ModelSpec,
         *,
         network: nn.Module,
-        conditioner: nn.Module,
+        conditioner: nn.Module | None,
         first_stage: nn.Module,
         device: torch.device,
         dtype: torch.dtype,
@@ -85,11 +85,13 @@ class VideoDiffusionEngine(nn.Module):
         model_label: str = "the model",
         progress: Callable[[str], None] | None = None,
         lora: Sequence[LoraSpec] = (),
+        text_encoder: bool = True,
     ) -> VideoDiffusionEngine:
         """Build every part from ``cfg`` and read the weights at ``paths`` (checked first).
 
         ``lora``: SAT LoRA checkpoints merged into the DiT's attention weights right after loading
-        (each with its scale; see :mod:`cogvid.lora`).
+        (each with its scale; see :mod:`cogvid.lora`). ``text_encoder=False`` leaves the T5 out (a
+        process that receives its conditioning from another, :mod:`cogvid.parallel.runtime`).
         """
         from cogvid.dit import load_dit
 
@@ -114,11 +116,13 @@ class VideoDiffusionEngine(nn.Module):
             report("vae")
             first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
             first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
-            report("text encoder")
-            emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
-            emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
-            conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
-            conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
+            conditioner = None
+            if text_encoder:
+                report("text encoder")
+                emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
+                emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
+                conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
+                conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {device} while loading {model_label}",
@@ -133,6 +137,8 @@ class VideoDiffusionEngine(nn.Module):
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(cond, uncond) for one prompt; uncond is zeros as the original unless a negative prompt is given."""
+        if self.conditioner is None:
+            raise RuntimeError("this engine was loaded without its text encoder (text_encoder=False)")
         batch_c = {"txt": [prompt]}
         if negative_prompt:
             cond = self.conditioner({"txt": [prompt]})

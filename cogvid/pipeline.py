@@ -98,6 +98,7 @@ def load(
     *,
     offload: bool = False,
     resolved: ResolvedModel | None = None,
+    text_encoder: bool = True,
 ) -> VideoPipeline:
     """Load a model by registry name (``cogvideox-2b``, ...) or from original-style YAMLs (``configs=``).
 
@@ -106,7 +107,8 @@ def load(
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
     the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
+    :func:`cogvid.prepare.resolve_model`) replaces every other model argument. ``text_encoder=False``
+    skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
     """
     if resolved is None:
         choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
@@ -120,7 +122,7 @@ def load(
     report(ProgressEvent("stage", "loading"))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
-        lora=choice.loras,
+        lora=choice.loras, text_encoder=text_encoder,
     )
     engine.offload = choice.offload
     seconds = time.perf_counter() - started

@@ -47,7 +47,7 @@ def run_videos(request: GenerationRequest, options: CliOptions) -> None:
 
     share = my_share(prepared)  # under torchrun: this process's videos, and whether it writes them
     renderer = console.ProgressRenderer(quiet=not share.lead)
-    pipe = load(resolved=prepared.model, progress=renderer)
+    pipe = load(resolved=prepared.model, progress=renderer, text_encoder=share.encodes_text)
     if request.seed is None and share.lead:
         console.err.print(f"seed: {prepared.request.seed}")
     videos = share.videos

@@ -132,6 +132,7 @@ class Share:
     videos: list  # the prepared requests (one per video) this process takes part in
     writes: bool  # it writes them (and prints their results)
     lead: bool  # it shows the progress (rank 0)
+    encodes_text: bool  # it needs the text encoder (in a split, rank 0 encodes for every rank)
 
 
 def my_share(prepared: Any) -> Share:
@@ -143,8 +144,8 @@ def my_share(prepared: Any) -> Share:
     rank = rank_info()[0]
     videos, plan = prepared.videos(), prepared.parallel
     if plan.mode == "data":
-        return Share(shard(videos, rank, plan.world), True, rank == 0)
-    return Share(videos, rank == 0, rank == 0)
+        return Share(shard(videos, rank, plan.world), True, rank == 0, True)
+    return Share(videos, rank == 0, rank == 0, rank == 0 or not plan.splits_video)
 
 
 def _auto_mode(world: int, heads: int, tokens: int, guided: bool) -> str:

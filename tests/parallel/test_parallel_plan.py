@@ -106,9 +106,13 @@ def test_my_share_under_torchrun(monkeypatch):
     _torchrun(monkeypatch, 2, rank=1)
     request = GenerationRequest("a red ball", steps=2, seed=10, num_videos=3)
     data = my_share(prepare(request.replace(model=ModelChoice(parallel="data"))))
-    assert [v.request.seed for v in data.videos] == [11] and data.writes and not data.lead
+    assert [v.request.seed for v in data.videos] == [11] and data.writes and not data.lead and data.encodes_text
     split = my_share(prepare(request.replace(model=ModelChoice(parallel="cfg"))))
     assert [v.request.seed for v in split.videos] == [10, 11, 12] and not split.writes and not split.lead
+    assert not split.encodes_text  # rank 0 encodes the prompt for both
+    _torchrun(monkeypatch, 2, rank=0)
+    lead = my_share(prepare(request.replace(model=ModelChoice(parallel="cfg"))))
+    assert lead.writes and lead.lead and lead.encodes_text and len(lead.videos) == 3
 
 
 def test_cli_parallel_option_is_checked_before_loading(tmp_path):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 
 def main(jobs_path: str, out_dir: str) -> None:
+    from cogvid.parallel import my_share
     from cogvid.pipeline import load
     from cogvid.prepare import prepare
     from cogvid.request import GenerationRequest, ModelChoice
@@ -32,7 +33,7 @@ def main(jobs_path: str, out_dir: str) -> None:
         )
         prepared = prepare(request)
         assert prepared.parallel.mode == job["expect"], (prepared.parallel, job)
-        pipe = load(resolved=prepared.model)
+        pipe = load(resolved=prepared.model, text_encoder=my_share(prepared).encodes_text)  # T5 on rank 0 only
         original = pipe.engine.encode_text
 
         def counting(*args, _original=original, **kwargs):
