@@ -20,6 +20,7 @@ from cogvid.batch import SIDECAR_KEY, BatchClaims, Job, claim_output_folder, com
 from cogvid.distributed import can_gather, gather_objects, rank_device, rank_info, shard
 from cogvid.errors import Cancelled, CheckpointError, CogvidError, GenerationError, UsageError
 from cogvid.layout import check_lora_folders
+from cogvid.parallel import SPLIT_MODES
 from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
 from cogvid.request import GenerationRequest, LoraSpec
 
@@ -69,6 +70,7 @@ class BatchPlan:
     rank: int = 0
     world_size: int = 1
     gathered: bool = True  # results can be gathered on rank 0 (a summary of the whole batch there)
+    split: bool = False  # --parallel cfg/sequence: every rank takes part in every video, rank 0 writes
 
     @property
     def lead(self) -> bool:
@@ -87,7 +89,8 @@ class BatchPlan:
 
 def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedModel | None = None) -> BatchPlan:
     """Read ``file`` with ``template``'s settings, prepare every line for the model (nothing loads),
-    and pick this rank's share (line i goes to rank i % world size)."""
+    and pick this rank's share (line i goes to rank i % world size; every line with a split
+    ``--parallel`` mode, where the ranks make each video together)."""
     rank, world_size, _ = rank_info()
     model = model or resolve_model(template.model)
     check_lora_folders(spec.path for spec in template.model.loras)  # the command line's: every line would fail
@@ -97,11 +100,12 @@ def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedMod
     for job in jobs:
         if job.ok:
             try:
-                prepared[job.line] = prepare(job.request, model)
+                prepared[job.line] = prepare(job.request, model, batch=True)
             except CogvidError as e:
                 job = job.failed(e)
         checked.append(job)
-    mine = shard(checked, rank, world_size)
+    split = world_size > 1 and template.model.parallel in SPLIT_MODES
+    mine = checked if split else shard(checked, rank, world_size)
     units = []
     for job in mine:
         if not job.ok:
@@ -112,7 +116,7 @@ def plan_batch(file: str | Path, template: GenerationRequest, model: ResolvedMod
             units.append(Unit(job, k, job_key(job.request, k, key_model), video))
     invalid = [job for job in mine if not job.ok]
     gathered = world_size > 1 and can_gather()
-    return BatchPlan(Path(file), model, checked, units, invalid, rank, world_size, gathered or world_size == 1)
+    return BatchPlan(Path(file), model, checked, units, invalid, rank, world_size, gathered or world_size == 1, split)
 
 
 class BatchObserver(Protocol):
@@ -169,6 +173,9 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
                 results.append(JobResult(unit.job.line, unit.job.prompt, "skipped", path=path, video_index=unit.video_index, rank=plan.rank))
             else:
                 pending.append(unit)
+        if plan.split and plan.gathered:  # the ranks make the lead's list of videos together
+            lead_keys = set(gather_objects([unit.key for unit in pending])[0])
+            pending = [unit for unit in plan.units if unit.key in lead_keys]
         if run.resume and len(pending) < len(plan.units):
             who = f"rank {plan.rank}: " if plan.world_size > 1 else ""
             complete = len(plan.units) - len(pending)
@@ -204,7 +211,8 @@ def _make_all(plan: BatchPlan, run: BatchRun, pending: list[Unit]) -> None:
         pipe = None  # the previous model is freed before the next one loads
         choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
         try:
-            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress)
+            pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress,
+                        text_encoder=plan.lead or not plan.split)  # in a split, rank 0 encodes for everyone
         except (CheckpointError, UsageError) as e:  # e.g. a line's LoRA that does not fit: its lines fail
             for unit in units:
                 run.observer.video(position, unit)
@@ -230,6 +238,9 @@ def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) 
             run.observer.advance()
             return
         video = pipe.run(unit.prepared, callback=run.observer.progress)
+        if plan.split and not plan.lead:  # rank 0 writes and records it
+            run.observer.advance()
+            return
         video.metadata.update({SIDECAR_KEY: unit.key, "batch_file": str(plan.file), "batch_line": job.line})
         with run.write_guard():  # a finished video is saved whole, sidecar included, and counted
             path = video.save_new(run.out, fps=run.fps)
@@ -262,6 +273,8 @@ def gather_results(plan: BatchPlan, results: list[JobResult]) -> list[JobResult]
     if plan.world_size == 1:
         return results
     everyone = gather_objects(results) if plan.gathered else None
+    if everyone is not None and plan.split:
+        everyone = everyone[:1]  # every rank made every video; rank 0 recorded them
     return [r for part in everyone for r in part] if everyone is not None else None
 
 

@@ -51,7 +51,7 @@ class VideoDiffusionEngine(nn.Module):
         spec: ModelSpec,
         *,
         network: nn.Module,
-        conditioner: nn.Module,
+        conditioner: nn.Module | None,
         first_stage: nn.Module,
         device: torch.device,
         dtype: torch.dtype,
@@ -85,11 +85,13 @@ class VideoDiffusionEngine(nn.Module):
         model_label: str = "the model",
         progress: Callable[[str], None] | None = None,
         lora: Sequence[LoraSpec] = (),
+        text_encoder: bool = True,
     ) -> VideoDiffusionEngine:
         """Build every part from ``cfg`` and read the weights at ``paths`` (checked first).
 
         ``lora``: SAT LoRA checkpoints merged into the DiT's attention weights right after loading
-        (each with its scale; see :mod:`cogvid.lora`).
+        (each with its scale; see :mod:`cogvid.lora`). ``text_encoder=False`` leaves the T5 out (a
+        process that receives its conditioning from another, :mod:`cogvid.parallel.runtime`).
         """
         from cogvid.dit import load_dit
 
@@ -114,11 +116,13 @@ class VideoDiffusionEngine(nn.Module):
             report("vae")
             first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
             first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
-            report("text encoder")
-            emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
-            emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
-            conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
-            conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
+            conditioner = None
+            if text_encoder:
+                report("text encoder")
+                emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
+                emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
+                conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
+                conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {device} while loading {model_label}",
@@ -133,6 +137,8 @@ class VideoDiffusionEngine(nn.Module):
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(cond, uncond) for one prompt; uncond is zeros as the original unless a negative prompt is given."""
+        if self.conditioner is None:
+            raise RuntimeError("this engine was loaded without its text encoder (text_encoder=False)")
         batch_c = {"txt": [prompt]}
         if negative_prompt:
             cond = self.conditioner({"txt": [prompt]})
@@ -185,18 +191,20 @@ class VideoDiffusionEngine(nn.Module):
         *,
         generator: torch.Generator,
         callback: Callable[[int, int, float], None] | None = None,
+        denoiser: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run the sampler from ``noise`` (B, T, C, h, w) float32; returns latents (B, T, C, h, w) float32.
 
         The sampler's own float32 output, before the original's cast to the model dtype (that cast is
         the first step of :meth:`decode`), so a bf16/fp16 run keeps the full-precision latents.
+        ``denoiser`` replaces :meth:`denoise` (e.g. the guidance split of :mod:`cogvid.parallel.runtime`).
         """
         x = noise.to(device=self.device, dtype=torch.float32)
         ofs = None
         if getattr(self.network, "ofs_embed_dim", None):
             ofs = torch.tensor([OFS_VALUE], device=self.device, dtype=torch.float32)
         try:
-            return sampler(self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
+            return sampler(denoiser or self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {self.device} while denoising",
@@ -211,6 +219,7 @@ class VideoDiffusionEngine(nn.Module):
         schedule: str | None = None,
         tiling: bool = False,
         callback: Callable[[int, int], None] | None = None,
+        group: Any = None,
     ) -> torch.Tensor:
         """Latents (B, T, C, h, w) from the sampler -> frames (B, F, 3, H, W) float32 in [-1, 1].
 
@@ -220,6 +229,9 @@ class VideoDiffusionEngine(nn.Module):
         HEAD), then decoded. In bf16, dividing the float32 latents before the cast instead moves the
         frames about as far as bf16 is from fp32; in fp32 the product and a division differ by at
         most one ulp. ``latents`` may be in any dtype or on any device (``Video.latents`` is float32).
+        ``group``: a torch.distributed process group whose ranks decode together (context-parallel,
+        :func:`cogvid.vae.parallel.decode_parallel`, same frames); every rank gets the frames. Tiled
+        decoding runs whole on each rank.
         """
         z = latents.to(device=self.device, dtype=self.dtype)
         z = z.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, h, w) -> (B, C, T, h, w)
@@ -228,7 +240,12 @@ class VideoDiffusionEngine(nn.Module):
             self.network.to("cpu")
             torch.cuda.empty_cache()
         try:
-            frames = self.first_stage.decode(z, schedule=schedule, tiling=tiling, callback=callback)
+            if group is not None and not tiling:
+                from cogvid.vae.parallel import decode_parallel
+
+                frames = decode_parallel(self.first_stage, z, schedule=schedule, group=group, callback=callback)
+            else:
+                frames = self.first_stage.decode(z, schedule=schedule, tiling=tiling, callback=callback)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceError(
                 f"out of memory on {self.device} while decoding",

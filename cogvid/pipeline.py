@@ -7,6 +7,7 @@ events).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from cogvid import __version__
 from cogvid.devices import dtype_name, resolve_device, resolve_dtype
+from cogvid.distributed import rank_device, rank_info
 from cogvid.engine import VideoDiffusionEngine
 from cogvid.errors import Cancelled, GenerationError, UsageError
 from cogvid.prepare import PreparedRequest, ResolvedModel, prepare, resolve_model
@@ -91,6 +93,7 @@ def load(
     *,
     offload: bool = False,
     resolved: ResolvedModel | None = None,
+    text_encoder: bool = True,
 ) -> VideoPipeline:
     """Load a model by registry name (``cogvideox-2b``, ...) or from original-style YAMLs (``configs=``).
 
@@ -99,20 +102,22 @@ def load(
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
     the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
+    :func:`cogvid.prepare.resolve_model`) replaces every other model argument. ``text_encoder=False``
+    skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
     """
     if resolved is None:
         choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
         resolved = resolve_model(choice)
     choice = resolved.choice
-    run_device = resolve_device(choice.device)
+    _, world_size, local_rank = rank_info()
+    run_device = resolve_device(rank_device(choice.device, local_rank, world_size))  # cuda:LOCAL_RANK under torchrun
     run_dtype = resolve_dtype(choice.dtype, resolved.model_dtype, run_device)
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
-        lora=choice.loras,
+        lora=choice.loras, text_encoder=text_encoder,
     )
     engine.offload = choice.offload
     seconds = time.perf_counter() - started
@@ -127,6 +132,7 @@ class VideoPipeline:
         self.engine = engine
         self.resolved = resolved
         self.load_seconds = load_seconds
+        self._runtimes: dict[Any, Any] = {}  # ParallelPlan -> ParallelRuntime (its process groups)
 
     @property
     def name(self) -> str:
@@ -184,6 +190,9 @@ class VideoPipeline:
     ) -> Video:
         """Make the video of a prepared request (its first, for ``num_videos`` > 1: see ``prepared.videos()``)."""
         report = callback or (lambda event: None)
+        runtime = self._runtime(prepared)
+        if runtime is not None:
+            prepared = _agreed(prepared, runtime)
         engine, request = self.engine, prepared.request
         timings: dict[str, float] = {}
 
@@ -198,16 +207,26 @@ class VideoPipeline:
             return done
 
         noise = self._initial_noise(prepared, latents)
-        done = stage("text")
-        cond, uncond = engine.encode_text(request.prompt, request.negative)
-        done()
         device_generator = torch.Generator(device=engine.device).manual_seed(request.seed)
-        if request.image is not None or picture is not None:
-            done = stage("image")
-            image_latents = engine.encode_image(self._image_pixels(prepared, picture), prepared.latent_frames, device_generator)
-            cond = {**cond, "concat": image_latents}
-            uncond = {**uncond, "concat": image_latents}
+
+        def conditioning() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            done = stage("text")
+            cond, uncond = engine.encode_text(request.prompt, request.negative)
             done()
+            if request.image is not None or picture is not None:
+                done = stage("image")
+                image_latents = engine.encode_image(self._image_pixels(prepared, picture), prepared.latent_frames, device_generator)
+                cond = {**cond, "concat": image_latents}
+                uncond = {**uncond, "concat": image_latents}
+                done()
+            return cond, uncond
+
+        # Split over processes, the lead encodes once and every rank receives the same conditioning.
+        if runtime is None:
+            cond, uncond = conditioning()
+        else:
+            cond, uncond = runtime.share_conditioning(conditioning)
+            device_generator.set_state(runtime.agree(device_generator.get_state()))  # the image encoder drew from it
         sampler = engine.build_sampler(prepared.sampler.config)
         level_kind = getattr(sampler, "level_kind", "sigma")
 
@@ -216,7 +235,8 @@ class VideoPipeline:
             report(ProgressEvent("step", "denoising", index + 1, total, **where))
 
         done = stage("denoising")
-        samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step)
+        with runtime.denoising(engine.network, engine.denoise, noise.shape[0]) if runtime else _plain() as denoiser:
+            samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step, denoiser=denoiser)
         done()
         _require_finite(samples, "the denoised latents", latents is not None)
 
@@ -224,14 +244,30 @@ class VideoPipeline:
             report(ProgressEvent("decode", "decoding", index + 1, total))
 
         done = stage("decoding")
-        decoded = engine.decode(samples, schedule=prepared.decode_schedule, tiling=request.vae_tiling, callback=on_chunk)
+        decoded = engine.decode(
+            samples, schedule=prepared.decode_schedule, tiling=request.vae_tiling, callback=on_chunk,
+            group=runtime.decode_group if runtime else None,
+        )
         done()
         _require_finite(decoded, "the decoded frames", latents is not None)
         from cogvid.video import frames_to_uint8
 
         pixels_uint8 = frames_to_uint8(decoded[0])
         metadata = self._metadata(prepared, pixels_uint8, timings)
+        if prepared.parallel.world > 1:
+            metadata["parallel"] = prepared.parallel.describe()
         return Video(frames=pixels_uint8, fps=request.fps or self.spec.fps, metadata=metadata, latents=samples)
+
+    def _runtime(self, prepared: PreparedRequest) -> Any:
+        """The process groups of ``prepared``'s split (None when this process makes the video alone)."""
+        plan = prepared.parallel
+        if not plan.splits_video:
+            return None
+        if plan not in self._runtimes:
+            from cogvid.parallel.runtime import ParallelRuntime
+
+            self._runtimes[plan] = ParallelRuntime(plan, self.engine.device)
+        return self._runtimes[plan]
 
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
         shape = prepared.latent_shape
@@ -280,6 +316,26 @@ class VideoPipeline:
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "request": request.to_json(),
         }
+
+
+def _agreed(prepared: PreparedRequest, runtime: Any) -> PreparedRequest:
+    """``prepared`` with the lead's seed (a seed drawn on each rank differs); the prompts must match."""
+    import dataclasses
+
+    prompt, seed = runtime.agree((prepared.request.prompt, prepared.request.seed))
+    if prompt != prepared.request.prompt:
+        raise UsageError(
+            "the processes of this torchrun world were given different prompts",
+            hint="give every rank the same command line (torchrun does this)",
+        )
+    if seed == prepared.request.seed:
+        return prepared
+    return dataclasses.replace(prepared, request=prepared.request.replace(seed=seed))
+
+
+@contextlib.contextmanager
+def _plain() -> Any:
+    yield None
 
 
 def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> None:

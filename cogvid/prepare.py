@@ -20,6 +20,7 @@ from cogvid.config import load_config
 from cogvid.diffusion import SAMPLER_NAMES, sampler_config_for, sampler_config_with
 from cogvid.errors import UsageError
 from cogvid.layout import check_lora_folders
+from cogvid.parallel import SINGLE, ParallelPlan, plan_parallel
 from cogvid.registry import ModelEntry, WeightPaths, default_model_name, get_model, weight_paths_from_config
 from cogvid.request import GenerationRequest, ModelChoice, sampler_name
 from cogvid.spec import SPATIAL_COMPRESSION, Generation, ModelSpec, check_frames, check_size, spec_from_config
@@ -132,6 +133,7 @@ class PreparedRequest:
     width: int
     latent_frames: int
     image_fit: str | None = None  # 1.5 I2V: "stretch" (size from the image, as the original) or "crop"
+    parallel: ParallelPlan = SINGLE  # how the torchrun processes share this video (cogvid.parallel)
 
     @property
     def spec(self) -> ModelSpec:
@@ -152,7 +154,7 @@ class PreparedRequest:
         """What ``--dry-run`` reports: the model, the resolved request, the pixel size and the weights' status."""
         statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in self.model.paths.statuses()]
         return {"model": self.model.name, "request": self.request.to_json(), "height": self.height, "width": self.width,
-                "latent_frames": self.latent_frames, "weights": statuses}
+                "latent_frames": self.latent_frames, "parallel": self.parallel.describe(), "weights": statuses}
 
     def videos(self) -> list[PreparedRequest]:
         """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""
@@ -163,13 +165,16 @@ class PreparedRequest:
         ]
 
 
-def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, picture: Image.Image | None = None) -> PreparedRequest:
+def prepare(
+    request: GenerationRequest, model: ResolvedModel | None = None, *, picture: Image.Image | None = None, batch: bool = False
+) -> PreparedRequest:
     """Resolve ``request`` for its model (resolved here unless given) and check it; loads nothing.
 
     ``model`` must be ``request.model``'s configuration (its LoRAs and device may differ: they do not
     change the configuration).
     ``picture``: an already opened image for image-to-video (the Python API); otherwise
-    ``request.image`` is read to check it. Raises a CogvidError naming the first problem.
+    ``request.image`` is read to check it. ``batch``: one of many videos (``--parallel auto`` shares
+    them out). Raises a CogvidError naming the first problem.
     """
     model = model or resolve_model(request.model)
     spec = model.spec
@@ -213,7 +218,26 @@ def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, p
     if request.model.name != model.choice.name:
         changes["model"] = request.model.replace(name=model.choice.name)
     resolved = request.replace(**changes)
-    return PreparedRequest(resolved, model, sampler, height, width, spec.latent_frames(frames), fit)
+    latent_frames = spec.latent_frames(frames)
+    parallel = _parallel_plan(request.model.parallel, model, sampler, latent_frames, height, width, batch)
+    return PreparedRequest(resolved, model, sampler, height, width, latent_frames, fit, parallel)
+
+
+def _parallel_plan(mode: str, model: ResolvedModel, sampler: SamplerChoice, latent_frames: int, height: int, width: int,
+                   batch: bool) -> ParallelPlan:
+    """This video's split over the torchrun world (checked against the DiT's heads and token count)."""
+    from cogvid.distributed import rank_info
+
+    world = rank_info()[1]
+    if world <= 1 and mode == "auto":
+        return SINGLE
+    net = model.cfg.model.network_config.params
+    patch = net.patch_size
+    pt, ph, pw = (1, int(patch), int(patch)) if isinstance(patch, int) else (int(p) for p in patch)
+    tokens = (latent_frames // pt) * (height // SPATIAL_COMPRESSION // ph) * (width // SPATIAL_COMPRESSION // pw)
+    guider = (sampler.config.get("params") or {}).get("guider_config")
+    guided = guider is not None and not str(guider.get("target", "")).endswith("IdentityGuider")
+    return plan_parallel(mode, world, heads=int(net.num_attention_heads), tokens=tokens, guided=guided, batch=batch)
 
 
 def image_size_v15(picture: Image.Image) -> tuple[int, int]:

@@ -215,7 +215,14 @@ class ReplSession:
 
     def load(self, model: ResolvedModel) -> None:
         """Load ``model`` (with its choice's LoRAs) on the session's device and dtype, showing progress."""
+        from cogvid.distributed import is_distributed
         from cogvid.pipeline import load
+
+        if is_distributed():  # every rank would read the same terminal
+            raise UsageError(
+                "the REPL runs in one process; under torchrun only t2v, i2v and batch split videos over processes",
+                hint="start `cogvid repl` without torchrun, or use `torchrun ... -m cogvid batch FILE --parallel sequence`",
+            )
 
         renderer = self.ui.progress()
         try:

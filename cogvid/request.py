@@ -182,7 +182,8 @@ class ModelChoice:
 
     ``name`` is a registry name (None: the default model, unless ``configs`` name original-style YAMLs);
     ``weights`` the weights root; ``configs``/``overrides`` extra YAML and ``--set`` values; ``loras`` are
-    merged into the DiT at load time; ``device``/``dtype``/``offload`` decide where it runs.
+    merged into the DiT at load time; ``device``/``dtype``/``offload`` decide where it runs; ``parallel``
+    how the processes of a ``torchrun`` world share the work (:mod:`cogvid.parallel`; same video either way).
     """
 
     name: str | None = None
@@ -193,6 +194,7 @@ class ModelChoice:
     device: str = "auto"
     dtype: str | None = None
     offload: bool = False
+    parallel: str = "auto"
 
     def __post_init__(self) -> None:
         _check_fields(self, _CHOICE_CHECKS, [f.name for f in dataclasses.fields(self)])
@@ -211,6 +213,7 @@ class ModelChoice:
             "device": self.device,
             "dtype": self.dtype,
             "offload": self.offload,
+            "parallel": self.parallel,
         }
 
     @classmethod
@@ -335,6 +338,14 @@ def _flag(what: str) -> Any:
     return checked
 
 
+def _parallel(value: Any) -> str:
+    from cogvid.parallel import PARALLEL_MODES
+
+    if value not in PARALLEL_MODES:
+        raise UsageError(f"unknown --parallel mode {value!r}", hint=f"use one of: {', '.join(PARALLEL_MODES)}")
+    return value
+
+
 def _optional(check: Any) -> Any:
     return lambda value: None if value is None else check(value)
 
@@ -348,6 +359,7 @@ _CHOICE_CHECKS: dict[str, Any] = {
     "device": lambda v: check_text(v, "the device"),
     "dtype": _dtype,
     "offload": _flag("offload"),
+    "parallel": _parallel,
 }
 
 

@@ -42,19 +42,21 @@ def run_videos(request: GenerationRequest, options: CliOptions) -> None:
         show_dry_run([prepared], options.as_json)
         return
     check_output_folder(options.out)
+    from cogvid.parallel import my_share
     from cogvid.pipeline import load
 
-    renderer = console.ProgressRenderer()
-    pipe = load(resolved=prepared.model, progress=renderer)
-    if request.seed is None:
+    share = my_share(prepared)  # under torchrun: this process's videos, and whether it writes them
+    renderer = console.ProgressRenderer(quiet=not share.lead)
+    pipe = load(resolved=prepared.model, progress=renderer, text_encoder=share.encodes_text)
+    if request.seed is None and share.lead:
         console.err.print(f"seed: {prepared.request.seed}")
-    videos = prepared.videos()
+    videos = share.videos
     try:
         for index, video_request in enumerate(videos):
             renderer.prefix = f"[{index + 1}/{len(videos)}] " if len(videos) > 1 else ""
             video = pipe.run(video_request, callback=renderer)
-            path = write(video, options.out, renderer)
-            report(path, video, options.as_json)
+            if share.writes:
+                report(write(video, options.out, renderer), video, options.as_json)
     finally:
         renderer.close()
 

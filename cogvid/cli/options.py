@@ -46,6 +46,7 @@ MODEL_OPTIONS = (
     _Option("device", str, typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")),
     _Option("dtype", Optional[str], typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: the model's on GPU, fp32 on CPU).")),
     _Option("offload", bool, typer.Option(False, "--offload", help="Keep only the part in use on the GPU (T5, DiT, VAE in turn): less memory, a little slower.")),
+    _Option("parallel", str, typer.Option("auto", "--parallel", metavar="MODE", help="Under torchrun: data (whole videos per process), cfg (guidance halves on 2), sequence (video tokens split), cfg+sequence, or auto.", autocompletion=lambda incomplete: [m for m in ("auto", "data", "cfg", "sequence", "cfg+sequence") if m.startswith(incomplete)])),
 )
 VIDEO_OPTIONS = (
     _Option("steps", Optional[int], typer.Option(None, "--steps", help="Denoising steps (default: the model's, 50).")),
@@ -71,7 +72,7 @@ _CONTEXT = "cogvid_cli_context"  # the Typer context, added to every command wit
 
 # Option name -> the request field it sets (model options go into request.model).
 _MODEL_FIELDS = {"model": "name", "weights": "weights", "config": "configs", "overrides": "overrides", "lora": "loras",
-                 "device": "device", "dtype": "dtype", "offload": "offload"}
+                 "device": "device", "dtype": "dtype", "offload": "offload", "parallel": "parallel"}
 _VIDEO_FIELDS = {"steps", "guidance", "sampler", "seed", "negative", "frames", "fps", "vae_tiling", "num_videos"}
 
 

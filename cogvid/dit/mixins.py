@@ -358,9 +358,16 @@ class FinalLayerMixin(BaseMixin):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(time_embed_dim, 2 * hidden_size, bias=True))
 
     def final_forward(self, logits: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.unpatchify(self.project(logits, **kwargs), **kwargs)
+
+    def project(self, logits: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The per-token part: (B, N_txt + N, H) -> (B, N, c*o*p*q) for the video tokens."""
         x = logits[:, kwargs["text_length"] :]  # (B, N_txt + N, H) -> (B, N, H)
         shift, scale = self.adaLN_modulation(kwargs["emb"]).chunk(2, dim=1)  # 2 x (B, H)
-        x = self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, c*o*p*q)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, c*o*p*q)
+
+    def unpatchify(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Projected video tokens (B, t*h*w, c*o*p*q) -> latents (B, T, c, H_lat, W_lat) on the ``rope_*`` grid."""
         pt, ph, pw = _patch_dims(self.patch_size)
         t, h, w, c = kwargs["rope_T"], kwargs["rope_H"], kwargs["rope_W"], self.out_channels
         x = x.reshape(x.shape[0], t, h, w, c, pt, ph, pw)  # (B, t*h*w, c*o*p*q) -> (B, t, h, w, c, o, p, q)
