@@ -8,6 +8,7 @@ events).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -102,12 +103,19 @@ def load(
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
     the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces every other model argument. ``text_encoder=False``
+    :func:`cogvid.prepare.resolve_model`) replaces the model, weights, configs and overrides; device, dtype,
+    lora and offload given beside it apply to it. ``text_encoder=False``
     skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
     """
     if resolved is None:
         choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
         resolved = resolve_model(choice)
+    else:  # how to load may still be given beside a resolved model (what to load may not)
+        given = {"device": device, "dtype": dtype, "loras": tuple(lora), "offload": offload}
+        defaults = {"device": "auto", "dtype": None, "loras": (), "offload": False}
+        changes = {key: value for key, value in given.items() if value != defaults[key]}
+        if changes:
+            resolved = dataclasses.replace(resolved, choice=resolved.choice.replace(**changes))
     choice = resolved.choice
     _, world_size, local_rank = rank_info()
     run_device = resolve_device(rank_device(choice.device, local_rank, world_size))  # cuda:LOCAL_RANK under torchrun

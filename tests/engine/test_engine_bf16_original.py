@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import cogvid  # noqa: E402
 from bf16_kernels import kernels_differ_from_goldens  # noqa: E402
-from cogvid.pipeline import ResolvedModel, Video, resolve_model  # noqa: E402
+from cogvid.pipeline import Video  # noqa: E402
+from cogvid.prepare import ResolvedModel, resolve_model  # noqa: E402
+from cogvid.request import ModelChoice  # noqa: E402
 from e2e_reference import write_tiny_i2v_model, write_tiny_v15_t2v_model  # noqa: E402
 
 GOLDENS = Path(__file__).parent / "goldens_bf16"
@@ -66,12 +68,12 @@ def _golden(case: str) -> dict[str, Any]:
 def _write_model(case: str, folder: Path) -> ResolvedModel:
     """The case's model from the same fixture writers the goldens were made with (seed 0)."""
     if case == "v10_t2v":
-        return resolve_model("test-tiny")
+        return resolve_model(ModelChoice("test-tiny"))
     if case == "v10_i2v":
-        return resolve_model(configs=write_tiny_i2v_model(folder, generation="1.0"))
+        return resolve_model(ModelChoice(configs=write_tiny_i2v_model(folder, generation="1.0")))
     if case == "v15_t2v":
-        return resolve_model(configs=write_tiny_v15_t2v_model(folder))
-    return resolve_model(configs=write_tiny_i2v_model(folder, generation="1.5"))
+        return resolve_model(ModelChoice(configs=write_tiny_v15_t2v_model(folder)))
+    return resolve_model(ModelChoice(configs=write_tiny_i2v_model(folder, generation="1.5")))
 
 
 @pytest.fixture(scope="module")
