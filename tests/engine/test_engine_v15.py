@@ -2,7 +2,7 @@
 
 - 16k+1 frames, one padding latent: 17 frames -> 5 latents + 1 = 6;
 - the original decode drops latent 0 and turns every other latent into 4 frames (6 -> 20, as
-  81 -> 84 for the released model); `decode_schedule="1.5-diffusers"` gives diffusers' 17;
+  81 -> 84 for the released model); `decode="diffusers"` gives diffusers' 17;
 - the image latent is the RAW VAE sample (x scale_factor, then / scale_factor), unlike 1.0;
 - the DiT receives `ofs` = 2.0.
 """
