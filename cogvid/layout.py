@@ -25,6 +25,12 @@ LORA_HINT = (
 )
 
 
+def is_diffusers_part(path: Path | str) -> bool:
+    """Whether ``path`` is one part of a diffusers-layout model (a folder with ``config.json``: transformer/, vae/)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / "config.json").is_file()
+
+
 def resolve_checkpoint_file(folder: Path | str) -> Path:
     """The ``mp_rank_00_model_states.pt`` file a SAT folder points at (through ``latest``).
 
