@@ -153,8 +153,9 @@ class DiffusersFolder:
         if v15 and text_length == DIFFUSERS_DEFAULT_TEXT_LENGTH:
             text_length = ORIGINAL_V15_TEXT_LENGTH  # no 1.5 tensor depends on it; the original encodes 224 tokens
         if self.rotary:
-            pos = {"hidden_size_head": head_dim, "text_length": text_length,
-                   "learnable_pos_embed": bool(t.get("use_learned_positional_embeddings", False))}
+            pos = {"hidden_size_head": head_dim, "text_length": text_length}
+            if t.get("use_learned_positional_embeddings"):
+                pos["learnable_pos_embed"] = True  # 5B-I2V
         else:
             scale = float(t.get("spatial_interpolation_scale", 1.875))
             pos = {"text_length": text_length, "height_interpolation": scale, "width_interpolation": scale}
