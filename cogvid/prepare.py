@@ -108,7 +108,10 @@ def _resolve_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
     if not yamls and not choice.configs:
         raise UsageError(f"{folder} is neither a diffusers-layout folder (no model_index.json) nor a SAT folder with its YAMLs",
                          hint=f"{FOLDER_HINT}; or pass the YAMLs with --config")
-    cfg = load_config([*yamls, *choice.configs], choice.overrides)
+    overrides = list(choice.overrides)
+    if (folder / "latest").is_file():  # a fine-tune checkpoint folder: its YAML names the base it started from
+        overrides.insert(0, f"args.load={folder}")
+    cfg = load_config([*yamls, *choice.configs], overrides, registry_model=False)
     spec = spec_from_config(cfg)
     return ResolvedModel(label, None, cfg, spec, weight_paths_from_config(cfg, base=folder), choice.replace(name=label))
 

@@ -14,43 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cogvid
 from cogvid.errors import CheckpointError, ConfigError, MissingFileError
-from e2e_reference import write_tiny_2b_model, write_tiny_i2v_model, write_tiny_v15_t2v_model
 from fixtures.diffusers_copy import save_diffusers_copy
+from fixtures.tiny_variants import FAMILIES, VARIANTS, request_kwargs, write_variant
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
-WRITERS = {
-    "2b": lambda folder: cogvid.load(configs=write_tiny_2b_model(folder)),
-    "5b": lambda folder: cogvid.load("test-tiny"),
-    "5b-i2v": lambda folder: cogvid.load(configs=write_tiny_i2v_model(folder)),
-    "1.5": lambda folder: cogvid.load(configs=write_tiny_v15_t2v_model(folder)),
-    "1.5-i2v": lambda folder: cogvid.load(configs=write_tiny_i2v_model(folder, generation="1.5")),
-}
-FAMILIES = {"2b": "cogvideox-2b", "5b": "cogvideox-5b", "5b-i2v": "cogvideox-5b-i2v", "1.5": "cogvideox1.5-5b", "1.5-i2v": "cogvideox1.5-5b-i2v"}
-
-
-def _image() -> Image.Image:
-    pixels = np.full((48, 64, 3), 230, dtype=np.uint8)
-    pixels[8:30, 12:40] = (40, 70, 210)
-    return Image.fromarray(pixels)
-
-
-def _generate(pipe, variant: str):
-    frames = 17 if variant.startswith("1.5") else 9
-    latent_frames = (frames - 1) // 4 + 1 + (1 if variant.startswith("1.5") else 0)
-    noise = torch.randn((1, latent_frames, 16, 6, 8), generator=torch.Generator().manual_seed(3))
-    image = _image() if variant.endswith("i2v") else None
-    return pipe.generate("a red circle moving left", image=image, num_frames=frames, height=48, width=64, steps=3,
-                         sampler="ddim", guidance=6.0, seed=11, latents=noise)
-
-
-@pytest.mark.parametrize("variant", list(WRITERS))
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_diffusers_copy_gives_identical_frames(variant, tmp_path):
-    sat = WRITERS[variant](tmp_path / "sat")
+    sat = cogvid.load(str(write_variant(tmp_path / "sat", variant)))
     folder = save_diffusers_copy(sat, tmp_path / "diffusers")
     copy = cogvid.load(str(folder))
     assert copy.resolved.resembles.startswith(f"resembles {FAMILIES[variant]} ")
@@ -62,7 +36,7 @@ def test_diffusers_copy_gives_identical_frames(variant, tmp_path):
     assert theirs.sampler_config.params.guider_config.target.endswith("DynamicCFG")
     assert theirs.scale_factor == ours.scale_factor
     assert theirs.denoiser_config.params.discretization_config == ours.denoiser_config.params.discretization_config
-    a, b = _generate(sat, variant), _generate(copy, variant)
+    a, b = sat.generate(**request_kwargs(variant)), copy.generate(**request_kwargs(variant))
     assert torch.equal(a.latents, b.latents)
     assert np.array_equal(a.frames, b.frames)
 
