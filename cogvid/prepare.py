@@ -105,6 +105,8 @@ def _resolve_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
         paths = WeightPaths.diffusers(folder)
         return ResolvedModel(label, None, cfg, spec, paths, choice.replace(name=label), resembles=found.describe())
     yamls = sorted(folder.glob("*.yaml"))
+    if not yamls and not choice.configs and (folder / "transformer" / "latest").is_file():
+        return _resolve_sat_folder(folder, choice)
     if not yamls and not choice.configs:
         raise UsageError(f"{folder} is neither a diffusers-layout folder (no model_index.json) nor a SAT folder with its YAMLs",
                          hint=f"{FOLDER_HINT}; or pass the YAMLs with --config")
@@ -114,6 +116,24 @@ def _resolve_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
     cfg = load_config([*yamls, *choice.configs], overrides, registry_model=False)
     spec = spec_from_config(cfg)
     return ResolvedModel(label, None, cfg, spec, weight_paths_from_config(cfg, base=folder), choice.replace(name=label))
+
+
+def _resolve_sat_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
+    """A SAT folder without YAMLs (transformer/, vae/3d-vae.pt, t5-v1_1-xxl/): the registry model whose DiT
+    sizes its checkpoint has (read memory-mapped: this is the one case that imports torch before loading)."""
+    from cogvid.checkpoint import describe_dit_state, read_state_dict, released_dit_name, split_engine_state
+
+    state = split_engine_state(read_state_dict(folder / "transformer"))["dit"]
+    name = released_dit_name(state)
+    if name is None:
+        raise UsageError(f"{folder} holds {describe_dit_state(state)}, of no released size, and no YAMLs",
+                         hint="put the model's original YAMLs (model and inference) in the folder, or pass them with --config")
+    family = get_model(name)
+    cfg = load_config([*family.config_files(), *choice.configs], choice.overrides, defaults=family.defaults())
+    spec = spec_from_config(cfg, task=family.task, default_fps=family.fps)
+    paths = WeightPaths(folder / "transformer", folder / "vae" / "3d-vae.pt", folder / "t5-v1_1-xxl")
+    label = str(folder)
+    return ResolvedModel(label, family, cfg, spec, paths, choice.replace(name=label), resembles=f"is {name} (DiT sizes of its checkpoint)")
 
 
 def describe_model(choice: ModelChoice) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cogvid
-from cogvid.errors import CheckpointError, ConfigError, MissingFileError
+from cogvid.errors import CheckpointError, ConfigError, MissingFileError, UsageError
 from fixtures.diffusers_copy import save_diffusers_copy
 from fixtures.tiny_variants import FAMILIES, VARIANTS, request_kwargs, write_variant
 
@@ -140,3 +140,25 @@ def test_folder_mistakes_are_named(tiny_copy, tmp_path):
         cogvid.load(str(folder))
     with pytest.raises(MissingFileError, match="does not exist"):
         cogvid.load(str(tmp_path / "nowhere" / "model"))
+
+
+def test_sat_folder_without_yamls_needs_a_released_size(tmp_path):
+    from cogvid.registry import get_model
+
+    folder = get_model("test-tiny").model_dir()  # transformer/, vae/3d-vae.pt, t5-v1_1-xxl/ and no YAML
+    with pytest.raises(UsageError, match="of no released size, and no YAMLs"):
+        cogvid.load(str(folder))
+
+
+def test_dry_run_of_a_diffusers_folder_loads_nothing(tiny_copy):
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from typer.testing import CliRunner; from cogvid.cli.app import app; "
+            f"r = CliRunner().invoke(app, ['t2v', 'a cat', '-m', {str(tiny_copy)!r}, '--dry-run', '--json']); "
+            "print(r.output); assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[0])
+    assert record["model"] == str(tiny_copy) and all(part["found"] for part in record["weights"])
+    assert [part["part"] for part in record["weights"]] == ["transformer", "vae", "t5", "tokenizer"]
