@@ -151,6 +151,26 @@ def split_engine_state(module: Mapping[str, torch.Tensor]) -> dict[str, dict[str
     return parts
 
 
+_RELEASED = {  # (generation, hidden, layers, image input) -> registry name
+    (Generation.V1_0, 1920, 30, False): "cogvideox-2b",
+    (Generation.V1_0, 3072, 42, False): "cogvideox-5b",
+    (Generation.V1_0, 3072, 42, True): "cogvideox-5b-i2v",
+    (Generation.V1_5, 3072, 42, False): "cogvideox1.5-5b",
+    (Generation.V1_5, 3072, 42, True): "cogvideox1.5-5b-i2v",
+}
+
+
+def _released_name(generation: Generation, hidden: int, layers: int, image_input: bool) -> str | None:
+    return _RELEASED.get((generation, hidden, layers, image_input))
+
+
+def released_dit_name(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registry name of the released DiT a DiT state dict has the sizes of (None: no released size)."""
+    text = describe_dit_state(state)
+    name = text.split(" ", 1)[0]
+    return name if name in _RELEASED.values() else None
+
+
 def describe_dit_state(state: Mapping[str, torch.Tensor]) -> str:
     """A short description of which released DiT a DiT state dict (no prefix) resembles."""
     qkv = state.get("transformer.layers.0.attention.query_key_value.weight")
@@ -171,13 +191,8 @@ def describe_dit_state(state: Mapping[str, torch.Tensor]) -> str:
     patch_inputs = int(patch[0].numel())  # C_in * p * p (1.0) or C_in * pt * p * p (1.5)
     # I2V DiTs take twice the channels they predict (noise + image latents).
     image_input = has_ofs or (final is not None and patch_inputs > int(final.shape[0]))
-    if generation is Generation.V1_0 and hidden == 1920 and not image_input:
-        name = "cogvideox-2b"
-    elif generation is Generation.V1_0 and hidden == 3072:
-        name = "cogvideox-5b-i2v" if image_input else "cogvideox-5b"
-    elif generation is Generation.V1_5 and hidden == 3072:
-        name = "cogvideox1.5-5b-i2v" if image_input else "cogvideox1.5-5b"
-    else:
+    name = _released_name(generation, hidden, layers, image_input)
+    if name is None:
         kind = "image-to-video" if image_input else "text-to-video"
         name = f"a CogVideoX {generation}-style {kind} DiT of no released size"
     details = f"hidden size {hidden}, {layers} layers, in-channels {in_channels}, patch weight {tuple(patch.shape)}"

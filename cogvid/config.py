@@ -150,12 +150,15 @@ def origin(dotted_key: str) -> str | None:
 
 
 def load_config(
-    files: Sequence[str | Path] = (),
+    files: Sequence[str | Path | tuple[str, Mapping[str, Any]]] = (),
     overrides: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
     registry_model: bool | None = None,
 ) -> DictConfig:
     """Merge ``defaults`` < each YAML file in order < ``--set`` style ``overrides``.
+
+    A ``(label, mapping)`` item of ``files`` is a layer given as data (e.g. the sizes read from a
+    diffusers folder), merged in its place and named by ``label`` in errors.
 
     Every ``target`` in the result is checked against the allow-list, and the DiT's parameters
     and the inference ``args`` are checked (:func:`check_model`), so a typo or a bad value fails
@@ -168,6 +171,9 @@ def load_config(
     if defaults:
         layers.append(("registry defaults", OmegaConf.create(dict(defaults))))
     for file in files:
+        if isinstance(file, tuple):
+            layers.append((file[0], OmegaConf.create(dict(file[1]))))
+            continue
         path = Path(file).expanduser()
         layers.append((str(path), _read_yaml(path)))
     merged = OmegaConf.create({})

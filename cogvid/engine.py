@@ -121,6 +121,8 @@ class VideoDiffusionEngine(nn.Module):
                 report("text encoder")
                 emb_models = OmegaConf.to_container(cfg.model.conditioner_config.params.emb_models, resolve=True)
                 emb_models[0].setdefault("params", {})["model_dir"] = str(paths.t5)
+                if paths.tokenizer is not None:  # diffusers layout: tokenizer/ beside text_encoder/
+                    emb_models[0]["params"]["tokenizer_dir"] = str(paths.tokenizer)
                 conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
                 conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
         except torch.cuda.OutOfMemoryError as e:

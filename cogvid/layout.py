@@ -21,8 +21,15 @@ LAYOUT_HINT = (
 )
 LORA_HINT = (
     f"pass the folder of a SAT LoRA run (it holds 'latest' and '<iteration>/{MODEL_STATES}' with "
-    "...attention.query_key_value.matrix_A.0 keys), e.g. --lora ckpts/lora-09-09-21-10:0.8"
+    "...attention.query_key_value.matrix_A.0 keys), e.g. --lora ckpts/lora-09-09-21-10:0.8, or a PEFT/diffusers "
+    "LoRA (pytorch_lora_weights.safetensors, or a folder holding it or adapter_model.safetensors)"
 )
+
+
+def is_diffusers_part(path: Path | str) -> bool:
+    """Whether ``path`` is one part of a diffusers-layout model (a folder with ``config.json``: transformer/, vae/)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / "config.json").is_file()
 
 
 def resolve_checkpoint_file(folder: Path | str) -> Path:
@@ -58,9 +65,24 @@ def resolve_checkpoint_file(folder: Path | str) -> Path:
     return path
 
 
+PEFT_LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")  # diffusers', PEFT's
+
+
+def peft_lora_file(path: Path) -> Path | None:
+    """The safetensors file of a PEFT/diffusers LoRA at ``path`` (the file, or a folder holding one); None
+    for anything else (a SAT LoRA run folder holds ``latest``)."""
+    if path.is_file():
+        return path if path.suffix == ".safetensors" else None
+    if path.is_dir() and not (path / "latest").exists():
+        return next((path / name for name in PEFT_LORA_FILES if (path / name).is_file()), None)
+    return None
+
+
 def check_lora_folders(paths: Iterable[Path]) -> None:
-    """MissingFileError for the first LoRA checkpoint folder (or file) that is not there; no tensor is read."""
+    """MissingFileError for the first LoRA (SAT run folder or file, or PEFT/diffusers safetensors) that is not
+    there; no tensor is read."""
     for path in paths:
         if not path.exists():
             raise MissingFileError(f"LoRA checkpoint {path} does not exist", hint=LORA_HINT)
-        resolve_checkpoint_file(path)
+        if peft_lora_file(path) is None:
+            resolve_checkpoint_file(path)

@@ -296,9 +296,14 @@ def apply_loras_(model: nn.Module, loras: Sequence[tuple[LoraWeights, float]]) -
     """Merge ``(lora, scale)`` pairs into a loaded DiT's attention weights, in place.
 
     Per weight: ``(W.float() + sum of the LoRA deltas).to(W.dtype)`` -- SAT's ``merge_linear_lora``
-    for a single LoRA, and one rounding for several. Check the fit first (:func:`check_fit`, before the
-    DiT is read).
+    for a single LoRA, and one rounding for several. PEFT/diffusers LoRAs (:mod:`cogvid.peft_lora`)
+    are merged after the SAT ones, with PEFT's formula. Check the fit first (:func:`check_fit`, before
+    the DiT is read).
     """
+    from cogvid.peft_lora import PeftLora, apply_peft_loras_
+
+    peft = [(lora, scale) for lora, scale in loras if isinstance(lora, PeftLora)]
+    loras = [(lora, scale) for lora, scale in loras if not isinstance(lora, PeftLora)]
     targets = sorted({key for lora, _ in loras for key in lora.matrices})
     for layer, projection in targets:
         linear = _linear(model, layer, projection)
@@ -308,11 +313,17 @@ def apply_loras_(model: nn.Module, loras: Sequence[tuple[LoraWeights, float]]) -
             if (layer, projection) in lora.matrices:
                 merged = merged + lora.delta(layer, projection, scale, device=weight.device)
         weight.copy_(merged.to(weight.dtype))
+    if peft:
+        apply_peft_loras_(model, peft)
 
 
-def load_loras(specs: Sequence[LoraSpec]) -> list[tuple[LoraWeights, float]]:
-    """Read every LoRA of ``specs`` (memory-mapped) with its scale."""
-    return [(read_lora(spec.path), spec.scale) for spec in specs]
+def load_loras(specs: Sequence[LoraSpec]) -> list[tuple[Any, float]]:
+    """Read every LoRA of ``specs`` (memory-mapped) with its scale: SAT LoRA runs as :class:`LoraWeights`,
+    PEFT/diffusers safetensors as :class:`cogvid.peft_lora.PeftLora`."""
+    from cogvid.layout import peft_lora_file
+    from cogvid.peft_lora import read_peft_lora
+
+    return [(read_peft_lora(spec.path) if peft_lora_file(spec.path) else read_lora(spec.path), spec.scale) for spec in specs]
 
 
 def merge_state(state: Mapping[str, torch.Tensor], loras: Sequence[tuple[LoraWeights, float]], label: str = "the base") -> dict[str, torch.Tensor]:

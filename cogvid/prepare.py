@@ -12,16 +12,19 @@ No torch here: ``cogvid t2v --dry-run`` prepares without importing it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cogvid.config import load_config
 from cogvid.diffusion import SAMPLER_NAMES, sampler_config_for, sampler_config_with
-from cogvid.errors import UsageError
+from cogvid.diffusers_layout import DiffusersFolder, is_diffusers_folder
+from cogvid.errors import MissingFileError, UsageError
 from cogvid.layout import check_lora_folders
 from cogvid.parallel import SINGLE, ParallelPlan, plan_parallel
-from cogvid.registry import ModelEntry, WeightPaths, default_model_name, get_model, weight_paths_from_config
+from cogvid.registry import ModelEntry, WeightPaths, default_model_name, get_model, load_registry, weight_paths_from_config
 from cogvid.request import GenerationRequest, ModelChoice, sampler_name
 from cogvid.spec import SPATIAL_COMPRESSION, Generation, ModelSpec, check_frames, check_size, spec_from_config
 
@@ -42,6 +45,7 @@ class ResolvedModel:
     spec: ModelSpec
     paths: WeightPaths
     choice: ModelChoice
+    resembles: str | None = None  # a model folder: which registry model's original configuration it runs with
 
     @property
     def model_dtype(self) -> str:
@@ -54,6 +58,9 @@ def resolve_model(choice: ModelChoice = ModelChoice()) -> ResolvedModel:
     name = choice.name
     if name is None and not choice.configs:
         name = default_model_name()
+    folder = model_folder(name) if name is not None else None
+    if folder is not None:
+        return _resolve_folder(folder, choice)
     entry = get_model(name) if name is not None else None
     files = [*(entry.config_files() if entry else ()), *choice.configs]
     cfg = load_config(files, choice.overrides, defaults=entry.defaults() if entry else None)
@@ -62,6 +69,72 @@ def resolve_model(choice: ModelChoice = ModelChoice()) -> ResolvedModel:
     label = entry.name if entry else ", ".join(str(c) for c in choice.configs)
     # The name is recorded, so a replay runs this model even if the default model changes.
     return ResolvedModel(label, entry, cfg, spec, paths, choice.replace(name=name))
+
+
+def model_folder(name: str) -> Path | None:
+    """The model folder ``-m NAME`` means, or None for a registry name.
+
+    A name with a path separator, or starting with ``.`` or ``~``, is a path; so is an existing folder
+    that is not a registry name.
+    """
+    looks_like_path = "/" in name or os.sep in name or name.startswith((".", "~"))
+    path = Path(name).expanduser()
+    if not looks_like_path and (name in load_registry() or not path.is_dir()):
+        return None
+    if not path.is_dir():
+        raise MissingFileError(f"model folder {path} does not exist", hint=f"{FOLDER_HINT}; or give a name from `cogvid models list`")
+    return path.resolve()
+
+
+FOLDER_HINT = ("-m takes a registry name or a model folder: a diffusers-layout folder (model_index.json, transformer/, "
+               "vae/, text_encoder/, tokenizer/) or a SAT folder (transformer/latest, vae/3d-vae.pt, t5-v1_1-xxl/ and "
+               "the model's original YAMLs)")
+
+
+def _resolve_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
+    """A model folder in the diffusers layout (configuration derived from its family's original one and the
+    folder's sizes) or in the SAT layout with its original YAMLs."""
+    label = str(folder)
+    if is_diffusers_folder(folder):
+        found = DiffusersFolder(folder)
+        family = get_model(found.family())
+        files = family.config_files()
+        base = load_config(files, defaults=family.defaults())
+        derived = (f"{folder} (sizes from its config.json files)", found.derived_config(base))
+        cfg = load_config([*files, derived, *choice.configs], choice.overrides, defaults=family.defaults())
+        spec = spec_from_config(cfg, task=family.task, default_fps=family.fps)
+        paths = WeightPaths.diffusers(folder)
+        return ResolvedModel(label, None, cfg, spec, paths, choice.replace(name=label), resembles=found.describe())
+    yamls = sorted(folder.glob("*.yaml"))
+    if not yamls and not choice.configs and (folder / "transformer" / "latest").is_file():
+        return _resolve_sat_folder(folder, choice)
+    if not yamls and not choice.configs:
+        raise UsageError(f"{folder} is neither a diffusers-layout folder (no model_index.json) nor a SAT folder with its YAMLs",
+                         hint=f"{FOLDER_HINT}; or pass the YAMLs with --config")
+    overrides = list(choice.overrides)
+    if (folder / "latest").is_file():  # a fine-tune checkpoint folder: its YAML names the base it started from
+        overrides.insert(0, f"args.load={folder}")
+    cfg = load_config([*yamls, *choice.configs], overrides, registry_model=False)
+    spec = spec_from_config(cfg)
+    return ResolvedModel(label, None, cfg, spec, weight_paths_from_config(cfg, base=folder), choice.replace(name=label))
+
+
+def _resolve_sat_folder(folder: Path, choice: ModelChoice) -> ResolvedModel:
+    """A SAT folder without YAMLs (transformer/, vae/3d-vae.pt, t5-v1_1-xxl/): the registry model whose DiT
+    sizes its checkpoint has (read memory-mapped: this is the one case that imports torch before loading)."""
+    from cogvid.checkpoint import describe_dit_state, read_state_dict, released_dit_name, split_engine_state
+
+    state = split_engine_state(read_state_dict(folder / "transformer"))["dit"]
+    name = released_dit_name(state)
+    if name is None:
+        raise UsageError(f"{folder} holds {describe_dit_state(state)}, of no released size, and no YAMLs",
+                         hint="put the model's original YAMLs (model and inference) in the folder, or pass them with --config")
+    family = get_model(name)
+    cfg = load_config([*family.config_files(), *choice.configs], choice.overrides, defaults=family.defaults())
+    spec = spec_from_config(cfg, task=family.task, default_fps=family.fps)
+    paths = WeightPaths(folder / "transformer", folder / "vae" / "3d-vae.pt", folder / "t5-v1_1-xxl")
+    label = str(folder)
+    return ResolvedModel(label, family, cfg, spec, paths, choice.replace(name=label), resembles=f"is {name} (DiT sizes of its checkpoint)")
 
 
 def describe_model(choice: ModelChoice) -> dict[str, Any]:

@@ -83,6 +83,8 @@ class ModelEntry:
     lora_config: str | None = None
     builtin: bool = False
     config_root: str | None = None  # where `configs` are relative to (a user registry file's folder)
+    hub: dict[str, str] = field(default_factory=dict)  # layout ("diffusers", "sat") -> Hugging Face repo id
+    diffusers_folder: str | None = None  # where a diffusers-layout copy lives (default <name>-diffusers)
 
     def config_files(self) -> list[Path]:
         """Absolute paths of the model's YAMLs, lowest precedence first."""
@@ -97,25 +99,43 @@ class ModelEntry:
         return folder if folder.is_absolute() else weights_root(root) / folder
 
     def weight_paths(self, root: str | Path | None = None) -> dict[str, Path]:
-        """Where each weight part (transformer, vae, t5) is expected."""
+        """Where each weight part (transformer, vae, t5) is expected in the SAT layout."""
         base = self.model_dir(root)
         return {part: base / rel for part, rel in self.weights.items()}
 
-    def paths(self, root: str | Path | None = None) -> WeightPaths:
-        """The three weight parts' locations as a :class:`WeightPaths`."""
+    def diffusers_dir(self, root: str | Path | None = None) -> Path:
+        """Where a diffusers-layout copy of this model lives (``<weights root>/<name>-diffusers`` by default)."""
+        folder = Path(self.diffusers_folder or f"{self.name}-diffusers").expanduser()
+        return folder if folder.is_absolute() else weights_root(root) / folder
+
+    def sat_paths(self, root: str | Path | None = None) -> WeightPaths:
+        """The SAT-layout locations of the three weight parts."""
         parts = self.weight_paths(root)
         return WeightPaths(parts["transformer"], parts["vae"], parts["t5"])
 
+    def paths(self, root: str | Path | None = None) -> WeightPaths:
+        """Where the weights are read from: the SAT copy when complete, else a diffusers copy (in
+        :meth:`diffusers_dir`, or a ``model_index.json`` folder at the SAT folder's place), else the SAT
+        locations (reported missing)."""
+        sat = self.sat_paths(root)
+        if self.builtin or all(status.found for status in sat.statuses()):
+            return sat
+        for folder in (self.diffusers_dir(root), self.model_dir(root)):
+            if (folder / "model_index.json").is_file():
+                return WeightPaths.diffusers(folder)
+        return sat
+
     def weight_status(self, root: str | Path | None = None) -> list[WeightStatus]:
         """Found / missing for each weight part, checked cheaply (file layout only)."""
-        return [check_weight_part(part, path) for part, path in self.weight_paths(root).items()]
+        return self.paths(root).statuses()
 
     def weights_found(self, root: str | Path | None = None) -> bool:
         return all(status.found for status in self.weight_status(root))
 
     def summary(self, root: str | Path | None = None) -> dict[str, Any]:
         """What ``cogvid models list|show --json`` reports: defaults, weight paths and whether they are found."""
-        statuses = self.weight_status(root)
+        paths = self.paths(root)
+        statuses = paths.statuses()
         return {
             "name": self.name,
             "title": self.title,
@@ -127,11 +147,19 @@ class ModelEntry:
             "frames": self.frames,
             "fps": self.fps,
             "dtype": self.dtype,
-            "model_dir": str(self.model_dir(root)),
+            "model_dir": str(paths.folder if paths.layout == "diffusers" else self.model_dir(root)),
+            "layout": paths.layout,
             "weights_found": all(s.found for s in statuses),
             "weights": {s.part: {"path": str(s.path), "found": s.found, "problem": s.problem} for s in statuses},
             "download": self.download,
+            "hub": self.hub,
+            "pull": self.pull_commands(),
         }
+
+    def pull_commands(self) -> list[str]:
+        """The ``cogvid models pull`` command for each layout this model has on the Hugging Face Hub."""
+        return [f"cogvid models pull {self.name}" + ("" if layout == "diffusers" else f" --layout {layout}")
+                for layout in sorted(self.hub)]
 
     def defaults(self) -> dict[str, Any]:
         """The registry's default layer for config merging (lowest precedence)."""
@@ -190,7 +218,17 @@ def _entry(name: str, raw: dict[str, Any], source: Path, config_root: Path | Non
         lora_config=raw.get("lora_config"),
         builtin=bool(raw.get("builtin", False)) and config_root is None,
         config_root=str(config_root) if config_root is not None else None,
+        hub=_hub(raw.get("hub"), name, source),
+        diffusers_folder=str(raw["diffusers_folder"]) if raw.get("diffusers_folder") else None,
     )
+
+
+def _hub(value: Any, name: str, source: Path) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or any(k not in ("diffusers", "sat") or not isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{source}: models.{name}.hub must map 'diffusers' and/or 'sat' to a Hugging Face repo id, found {value!r}")
+    return dict(value)
 
 
 def _generation(value: Any, name: str, source: Path) -> Generation:
@@ -251,14 +289,38 @@ def get_model(name: str) -> ModelEntry:
 
 @dataclass(frozen=True)
 class WeightPaths:
-    """Where the three parts of a model are read from."""
+    """Where the parts of a model are read from, in the SAT or the diffusers layout.
+
+    Diffusers layout: ``transformer`` and ``vae`` are part folders (config.json + safetensors), ``t5`` is
+    text_encoder/ and ``tokenizer`` the tokenizer/ beside it.
+    """
 
     transformer: Path
     vae: Path
     t5: Path
+    tokenizer: Path | None = None
+    layout: str = "sat"
+
+    @classmethod
+    def diffusers(cls, folder: Path) -> WeightPaths:
+        """The parts of a diffusers-layout model folder (``model_index.json``, transformer/, vae/, ...)."""
+        return cls(folder / "transformer", folder / "vae", folder / "text_encoder", folder / "tokenizer", "diffusers")
+
+    @property
+    def folder(self) -> Path:
+        """The model folder (the transformer part's parent)."""
+        return self.transformer.parent
 
     def statuses(self) -> list[WeightStatus]:
         """Found / missing for each part (file layout only; nothing is read)."""
+        if self.layout == "diffusers":
+            from cogvid.diffusers_layout import DIFFUSERS_STEM, TRANSFORMERS_STEM, check_part, check_tokenizer
+
+            problems = [("transformer", self.transformer, check_part(self.transformer, DIFFUSERS_STEM)),
+                        ("vae", self.vae, check_part(self.vae, DIFFUSERS_STEM)),
+                        ("t5", self.t5, check_part(self.t5, TRANSFORMERS_STEM)),
+                        ("tokenizer", self.tokenizer or self.t5, check_tokenizer(self.tokenizer or self.t5))]
+            return [WeightStatus(part, path, problem is None, problem) for part, path, problem in problems]
         return [check_weight_part(part, path) for part, path in
                 (("transformer", self.transformer), ("vae", self.vae), ("t5", self.t5))]
 
@@ -268,14 +330,15 @@ class WeightPaths:
         if not missing:
             return
         lines = "; ".join(f"{s.part}: {s.problem}" for s in missing)
-        raise MissingFileError(
-            f"weights of {model_label} not found ({lines})",
-            hint=(
-                "expected layout: transformer/latest + transformer/<iteration>/mp_rank_00_model_states.pt, "
-                "vae/3d-vae.pt, t5-v1_1-xxl/ (config.json, weights, spiece.model); "
-                "`cogvid models show NAME` prints the paths and where to download them"
-            ),
-        )
+        if self.layout == "diffusers":
+            from cogvid.diffusers_layout import LAYOUT
+
+            hint = LAYOUT.replace("\n", " ") + "; `cogvid models pull NAME` downloads and resumes a registry model"
+        else:
+            hint = ("expected layout: transformer/latest + transformer/<iteration>/mp_rank_00_model_states.pt, "
+                    "vae/3d-vae.pt, t5-v1_1-xxl/ (config.json, weights, spiece.model); "
+                    "`cogvid models pull NAME` downloads a registry model, `cogvid models show NAME` prints the paths")
+        raise MissingFileError(f"weights of {model_label} not found ({lines})", hint=hint)
 
 
 def weight_paths_from_config(cfg: DictConfig, base: Path | None = None) -> WeightPaths:

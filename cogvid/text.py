@@ -73,8 +73,12 @@ def _missing_t5(folder: Path, what: str) -> MissingFileError:
     )
 
 
-def check_t5_folder(folder: str | os.PathLike) -> Path:
-    """Return ``folder`` as a Path if it holds a loadable T5 encoder; MissingFileError otherwise."""
+def check_t5_folder(folder: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Path:
+    """Return ``folder`` as a Path if it holds a loadable T5 encoder; MissingFileError otherwise.
+
+    ``tokenizer``: the tokenizer's own folder (diffusers layout: text_encoder/ and tokenizer/ apart);
+    by default the tokenizer files lie in ``folder`` (t5-v1_1-xxl/).
+    """
     path = Path(folder).expanduser()
     if not path.exists():
         raise _missing_t5(path, "folder not found")
@@ -82,8 +86,9 @@ def check_t5_folder(folder: str | os.PathLike) -> Path:
         raise _missing_t5(path, "path is not a folder")
     if not (path / "config.json").is_file():
         raise _missing_t5(path, "folder has no config.json")
-    if not (path / "spiece.model").is_file() and not (path / "tokenizer.json").is_file():
-        raise _missing_t5(path, "folder has no tokenizer (spiece.model)")
+    vocab = Path(tokenizer).expanduser() if tokenizer is not None else path
+    if not (vocab / "spiece.model").is_file() and not (vocab / "tokenizer.json").is_file():
+        raise _missing_t5(vocab, "folder has no tokenizer (spiece.model)")
     for index_name in _WEIGHT_INDEXES:
         index = path / index_name
         if index.is_file():
@@ -134,11 +139,13 @@ class FrozenT5Embedder(nn.Module):
         freeze: bool = True,
         cache_dir: str | None = None,
         weights_dir: str | None = None,
+        tokenizer_dir: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(max_length, bool) or max_length < 2:
             raise ConfigError(f"FrozenT5Embedder.max_length must be an integer >= 2, found {max_length!r}")
-        self.model_dir = check_t5_folder(_resolve_model_dir(model_dir, weights_dir))
+        self.model_dir = check_t5_folder(_resolve_model_dir(model_dir, weights_dir), tokenizer_dir)
+        self.tokenizer_dir = Path(tokenizer_dir).expanduser() if tokenizer_dir is not None else self.model_dir
         self.max_length = int(max_length)
         self.freeze_weights = bool(freeze)
         self.is_trainable = False
@@ -172,10 +179,10 @@ class FrozenT5Embedder(nn.Module):
             from transformers import T5Tokenizer
 
             try:
-                self.tokenizer = T5Tokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+                self.tokenizer = T5Tokenizer.from_pretrained(str(self.tokenizer_dir), local_files_only=True)
             except (OSError, ValueError, RuntimeError) as e:
                 raise CheckpointError(
-                    f"cannot load the T5 tokenizer from {self.model_dir}: {e}",
+                    f"cannot load the T5 tokenizer from {self.tokenizer_dir}: {e}",
                     hint="re-download the t5-v1_1-xxl/ folder (spiece.model, tokenizer_config.json)",
                 ) from e
         return self.tokenizer

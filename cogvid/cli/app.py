@@ -104,12 +104,13 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import batch, generate, lora, models, repl
+    from cogvid.cli import batch, export, generate, lora, models, repl
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
     app.command("batch", epilog=batch.EXAMPLES)(batch.batch)
     app.command("repl", epilog=repl.EXAMPLES)(repl.repl)
+    app.command("export", epilog=export.EXAMPLES)(export.export)
     app.add_typer(models.app, name="models")
     app.add_typer(lora.app, name="lora")
 

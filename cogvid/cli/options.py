@@ -38,7 +38,7 @@ class _Option:
 
 
 MODEL_OPTIONS = (
-    _Option("model", Optional[str], typer.Option(None, "--model", "-m", help="Model name (see `cogvid models list`).", autocompletion=complete_model)),
+    _Option("model", Optional[str], typer.Option(None, "--model", "-m", help="Model name (see `cogvid models list`), or a model folder (diffusers or SAT layout).", autocompletion=complete_model)),
     _Option("weights", Optional[Path], typer.Option(None, "--weights", metavar="DIR", help="Weights root (default: $COGVID_WEIGHTS or ~/.cache/cogvid/models).")),
     _Option("config", list[Path], typer.Option([], "--config", metavar="FILE", help="Extra YAML merged over the model's own (repeatable).")),
     _Option("overrides", list[str], typer.Option([], "--set", metavar="KEY=VALUE", help="Override a dotted config key, e.g. args.sampling_fps=16 (repeatable).")),

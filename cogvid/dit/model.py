@@ -29,6 +29,7 @@ from cogvid.dit._sat import BaseModel, LayerNorm, sat_runtime
 from cogvid.dit.mixins import Basic3DPositionEmbeddingMixin, Rotary3DPositionEmbeddingMixin, _patch_dims
 from cogvid.checkpoint import check_keys, describe_dit_state, read_state_dict, resolve_checkpoint_file, split_engine_state
 from cogvid.errors import ConfigError
+from cogvid.layout import is_diffusers_part
 
 
 # Keys a checkpoint may or may not hold (REFERENCE §1.1): unused or recomputable.
@@ -316,13 +317,21 @@ def load_dit(
     (CheckpointError on mismatch); T5/VAE keys of full-engine files are ignored.
     """
     model = build_dit(network_config, dtype=dtype, device="meta")
-    state = split_engine_state(read_state_dict(folder))["dit"]
-    source = resolve_checkpoint_file(folder)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     optional = model.optional_state_keys()
+    device = torch.device(device)
+    if is_diffusers_part(folder):  # transformer/ of a diffusers folder: config.json + safetensors
+        from cogvid.diffusers_weights import read_dit
+
+        required = {k: shape for k, shape in expected.items() if k not in optional}
+        assigned = read_dit(Path(folder), required, what=f"DiT ({model.describe()})", dtype=dtype, device=device)
+        model.assign_state_(assigned)
+        model.materialize_derived_(device=device, dtype=dtype)
+        return model.eval()
+    state = split_engine_state(read_state_dict(folder))["dit"]
+    source = resolve_checkpoint_file(folder)
     looks_like = describe_dit_state(state) if state else "no DiT at all (no 'model.diffusion_model.' keys)"
     check_keys(expected, state, what=f"DiT ({model.describe()})", source=source, optional=optional, looks_like=looks_like)
-    device = torch.device(device)
     assigned = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k in expected}
     model.assign_state_(assigned)
     model.materialize_derived_(device=device, dtype=dtype)

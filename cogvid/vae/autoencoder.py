@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cogvid.checkpoint import check_keys, load_weights_file
+from cogvid.layout import is_diffusers_part
 from cogvid.config import instantiate
 from cogvid.errors import CheckpointError, ConfigError, MissingFileError, UsageError
 from cogvid.spec import Generation
@@ -173,10 +174,18 @@ class VideoAutoencoder(nn.Module):
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a ``3d-vae.pt`` (``{"state_dict": ...}``), dropping ``loss*`` and ``ignore_keys`` keys.
 
-        Memory-mapped and ``weights_only``; every key and shape must match (CheckpointError if not).
+        A folder with ``config.json`` is the ``vae/`` of a diffusers-layout model (its safetensors are read
+        under the SAT names). Memory-mapped and ``weights_only``; every key and shape must match
+        (CheckpointError if not).
         """
-        state = read_vae_state(path, ignore_keys=self.ignore_keys)
         expected = {name: tuple(tensor.shape) for name, tensor in self.state_dict().items()}
+        if is_diffusers_part(path):
+            from cogvid.diffusers_weights import read_vae
+
+            levels = len(self.encoder.down)
+            self.load_state_dict(read_vae(Path(path), expected, levels), strict=True, assign=True)
+            return
+        state = read_vae_state(path, ignore_keys=self.ignore_keys)
         check_keys(expected, state, what="VAE", source=str(path))
         self.load_state_dict(state, strict=True, assign=True)
 

@@ -98,8 +98,11 @@ def write_tiny_v15_t2v_model(folder: Path, seed: int = 0, num_frames: int = 17) 
     return _write_tiny_model(folder, seed, num_frames, "1.5", image_to_video=False)
 
 
-def _write_tiny_model(folder: Path, seed: int, num_frames: int, generation: str, image_to_video: bool) -> list[Path]:
-    """The test-tiny config turned into a 1.0 I2V, 1.5 I2V or 1.5 T2V model with fresh random DiT weights."""
+def _write_tiny_model(
+    folder: Path, seed: int, num_frames: int, generation: str, image_to_video: bool, sincos: bool = False, rope_t2v: bool = False
+) -> list[Path]:
+    """The test-tiny config turned into a 1.0 I2V, 1.0 2B-style, 1.5 I2V or 1.5 T2V model with fresh random DiT weights
+    (``rope_t2v``: test-tiny's own 5B-style configuration)."""
     import yaml
 
     from cogvid.checkpoint import DIT_PREFIX, save_checkpoint
@@ -114,10 +117,20 @@ def _write_tiny_model(folder: Path, seed: int, num_frames: int, generation: str,
         net["in_channels"] = 32
     net["num_frames"] = num_frames
     cfg["args"]["sampling_num_frames"] = (num_frames - 1) // 4 + 1
-    if generation == "1.0":
-        if not image_to_video:
-            raise ValueError("a 1.0 T2V model is test-tiny itself")
-        net["modules"]["pos_embed_config"]["params"]["learnable_pos_embed"] = True
+    if sincos:
+        text_length = net["modules"]["pos_embed_config"]["params"]["text_length"]
+        net["modules"]["pos_embed_config"] = {
+            "target": "dit_video_concat.Basic3DPositionEmbeddingMixin",
+            "params": {"text_length": text_length, "height_interpolation": 1.875, "width_interpolation": 1.875},
+        }
+        cfg["model"]["scale_factor"] = 1.15258426
+        for node in (cfg["model"]["denoiser_config"]["params"], cfg["model"]["sampler_config"]["params"]):
+            node["discretization_config"] = {**node["discretization_config"], "params": {"shift_scale": 3.0}}
+    elif generation == "1.0":
+        if image_to_video:
+            net["modules"]["pos_embed_config"]["params"]["learnable_pos_embed"] = True
+        elif not rope_t2v:
+            raise ValueError("a 1.0 T2V model with RoPE is test-tiny itself (rope_t2v=True writes one)")
     else:
         net["patch_size"] = [2, 2, 2]
         if image_to_video:

@@ -1,0 +1,112 @@
+"""CogVideoX transformer and VAE tensors in the diffusers layout: read them as SAT state dicts, write them from one.
+
+Reading is strict (every tensor the model needs, nothing else, with the right shapes; errors name the
+diffusers keys and what the folder looks like) and light: tensors used as stored are memory-mapped, the
+fused attention and AdaLN tensors are read straight into place (:mod:`cogvid.safetensors_io`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from cogvid.checkpoint import check_keys
+from cogvid.diffusers_keys import Part, dit_plan, vae_key
+from cogvid.diffusers_layout import DIFFUSERS_STEM
+from cogvid.safetensors_io import SafetensorsFolder
+
+
+def _shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, SimpleNamespace]:
+    return {key: SimpleNamespace(shape=tuple(shape)) for key, shape in shapes.items()}
+
+
+def diffusers_dit_shapes(plan: Mapping[str, tuple[Part, ...]], sat_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The shape of every diffusers tensor a plan reads, given the SAT tensors' shapes."""
+    shapes = {}
+    for key, parts in plan.items():
+        shape = tuple(sat_shapes[key])
+        rows = shape[0] // len(parts) if shape else 1
+        for part in parts:
+            shapes[part.key] = (rows * part.count, *shape[1:])
+    return shapes
+
+
+def describe_folder(folder: Path, files: SafetensorsFolder) -> str:
+    """What a diffusers transformer folder holds, for error messages."""
+    from cogvid.diffusers_layout import read_json
+
+    try:
+        config = read_json(folder / "config.json", "config")
+        return (f"a diffusers {config.get('_class_name', '?')} with {config.get('num_layers', '?')} layers, "
+                f"{config.get('num_attention_heads', '?')} heads of {config.get('attention_head_dim', '?')}, "
+                f"in-channels {config.get('in_channels', '?')} ({len(files.entries)} tensors)")
+    except Exception:  # the config is only used to describe; its own errors are reported elsewhere
+        return f"{len(files.entries)} tensors"
+
+
+def read_dit(
+    folder: Path,
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    what: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The SAT DiT state (keys of ``expected``, DiT-relative) read from a diffusers transformer folder.
+
+    Tensors come in ``dtype`` on ``device``; on the CPU in their stored dtype they stay memory-mapped.
+    """
+    plan = dit_plan(expected)
+    with SafetensorsFolder(folder, DIFFUSERS_STEM) as files:
+        check_keys(diffusers_dit_shapes(plan, expected), _shapes(files.shapes()), what=what, source=folder,
+                   looks_like=describe_folder(folder, files))
+        return {key: _assemble(files, parts, torch.Size(expected[key]), dtype, device) for key, parts in plan.items()}
+
+
+def _assemble(files: SafetensorsFolder, parts: tuple[Part, ...], shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    on_cpu = device.type == "cpu"
+    if len(parts) == 1 and parts[0].count == 1:
+        stored = files.entries[parts[0].key]
+        if stored.dtype == dtype and on_cpu:
+            return files.mapped(parts[0].key).view(shape)  # used as stored: no copy
+        if not on_cpu:
+            return files.mapped(parts[0].key).view(shape).to(device=device, dtype=dtype)
+    out = torch.empty(shape, dtype=dtype)
+    rows = shape[0] // len(parts)
+    for j, part in enumerate(parts):  # (3H, H) <- to_q, to_k, to_v; (12H, D) <- norm1/norm2 halves
+        files.read_rows_into(part.key, out[j * rows : (j + 1) * rows], part.index, part.count)
+    return out if on_cpu else out.to(device)
+
+
+def read_vae(folder: Path, expected: Mapping[str, tuple[int, ...]], levels: int) -> dict[str, torch.Tensor]:
+    """The SAT VAE state (keys of ``expected``) read, memory-mapped, from a diffusers VAE folder."""
+    names = {key: vae_key(key, levels) for key in expected}
+    with SafetensorsFolder(folder, DIFFUSERS_STEM) as files:
+        check_keys({names[k]: shape for k, shape in expected.items()}, _shapes(files.shapes()), what="VAE", source=folder,
+                   looks_like=f"a diffusers VAE with {len(files.entries)} tensors")
+        return {key: files.mapped(name) for key, name in names.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Writing (SAT -> diffusers)
+
+
+def dit_to_diffusers(state: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """diffusers' transformer tensors for a SAT DiT state (``keys``: the SAT keys to convert, default all).
+
+    Row chunks of the fused tensors are views; only the AdaLN halves are concatenated.
+    """
+    plan = dit_plan(keys if keys is not None else state)
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for key, parts in plan.items():
+        for part, chunk in zip(parts, state[key].chunk(len(parts), dim=0)):
+            pieces.setdefault(part.key, {})[part.index] = chunk
+    return {name: chunks[0] if len(chunks) == 1 else torch.cat([chunks[i] for i in sorted(chunks)]) for name, chunks in pieces.items()}
+
+
+def vae_to_diffusers(state: Mapping[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
+    """diffusers' VAE tensors for a SAT VAE state (``loss*`` tensors dropped)."""
+    return {vae_key(key, levels): value for key, value in state.items() if not key.startswith("loss")}
