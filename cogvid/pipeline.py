@@ -95,6 +95,10 @@ def load(
     progress: ProgressCallback | None = None,
     *,
     offload: bool = False,
+    compile: bool = False,
+    quantize: str | None = None,
+    quantize_text: bool = False,
+    attention: str = "sdpa",
     resolved: ResolvedModel | None = None,
 ) -> VideoPipeline:
     """Load a model by registry name (``cogvideox-2b``, ...) or from original-style YAMLs (``configs=``).
@@ -103,15 +107,22 @@ def load(
     weights root for registry models. ``device="auto"`` picks CUDA when present; ``dtype``
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
-    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
+    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). Speed (all off by default, see
+    :mod:`cogvid.speed`): ``compile`` compiles the DiT blocks with torch.compile, ``quantize``
+    (``int8wo``, ``int8dq``, ``fp8wo``, ``fp8dq``) quantizes the DiT's linear layers with torchao (and T5's
+    with ``quantize_text``), ``attention`` picks the kernel (``sdpa``, ``flash``, ``sage``, ``auto``).
+    ``resolved`` (from :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
     """
     if resolved is None:
-        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
+        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload,
+                             compile=compile, quantize=quantize, quantize_text=quantize_text, attention=attention)
         resolved = resolve_model(choice)
     choice = resolved.choice
     run_device = resolve_device(choice.device)
     run_dtype = resolve_dtype(choice.dtype, resolved.model_dtype, run_device)
+    from cogvid.speed import setup as speed
+
+    kernel = speed.check_device(choice, run_device, run_dtype)  # before any weights load
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
@@ -120,6 +131,7 @@ def load(
         lora=choice.loras,
     )
     engine.offload = choice.offload
+    engine.speed = speed.apply(engine, choice, kernel)
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
     return VideoPipeline(engine, resolved, load_seconds=seconds)
@@ -165,17 +177,19 @@ class VideoPipeline:
         callback: ProgressCallback | None = None,
         decode: str = "original",
         vae_tiling: bool = False,
+        cache: str | None = None,
     ) -> Video:
         """Generate one video. ``image`` is a path or a PIL image; ``latents`` (B, T, C, h, w) replaces the
         initial noise; ``callback`` receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop
-        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81)."""
+        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81).
+        ``cache`` is a step cache, ``"teacache"`` or ``"fbcache"`` with an optional ``":THRESHOLD"``."""
         from PIL import Image
 
         picture = image if isinstance(image, Image.Image) else None
         request = GenerationRequest(
             prompt=prompt, negative=negative_prompt, image=None if picture is not None else image,
             frames=num_frames, height=height, width=width, steps=steps, guidance=guidance, sampler=sampler,
-            seed=seed, decode=decode, vae_tiling=vae_tiling,
+            seed=seed, decode=decode, vae_tiling=vae_tiling, cache=cache,
         )
         return self.run(self.prepare(request, picture=picture), latents=latents, callback=callback, picture=picture)
 
@@ -221,7 +235,9 @@ class VideoPipeline:
             report(ProgressEvent("step", "denoising", index + 1, total, **where))
 
         done = stage("denoising")
-        samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step)
+        cache = self._step_cache(prepared)
+        with _caching(engine.network, cache):
+            samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step)
         done()
         _require_finite(samples, "the denoised latents", latents is not None)
 
@@ -236,7 +252,22 @@ class VideoPipeline:
 
         pixels_uint8 = frames_to_uint8(decoded[0])
         metadata = self._metadata(prepared, pixels_uint8, timings)
+        speed = getattr(engine, "speed", None)
+        if speed is not None and speed != type(speed)():
+            metadata["speed"] = speed.to_json()
+        if cache is not None:
+            metadata["step_cache"] = {"setting": request.cache, **cache.stats()}
         return Video(frames=pixels_uint8, fps=request.fps or self.spec.fps, metadata=metadata, latents=samples)
+
+    def _step_cache(self, prepared: PreparedRequest) -> Any:
+        """The step cache of a request (None without one), for its number of steps."""
+        if prepared.request.cache is None:
+            return None
+        from cogvid.speed.cache import make_cache
+        from cogvid.speed.calibration import teacache_coefficients
+
+        coefficients = teacache_coefficients(self.resolved)[0] if prepared.request.cache.startswith("teacache") else None
+        return make_cache(prepared.request.cache, prepared.sampler.steps, coefficients)
 
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
         shape = prepared.latent_shape
@@ -285,6 +316,17 @@ class VideoPipeline:
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "request": request.to_json(),
         }
+
+
+def _caching(network: Any, cache: Any) -> Any:
+    """A context in which ``network`` runs with the step ``cache`` (nothing changes without one)."""
+    import contextlib
+
+    if cache is None:
+        return contextlib.nullcontext()
+    from cogvid.speed.cache import step_cache
+
+    return step_cache(network, cache)
 
 
 def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> None:

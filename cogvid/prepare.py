@@ -150,9 +150,12 @@ class PreparedRequest:
 
     def describe(self) -> dict[str, Any]:
         """What ``--dry-run`` reports: the model, the resolved request, the pixel size and the weights' status."""
+        from cogvid.speed.options import describe as describe_speed
+
         statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in self.model.paths.statuses()]
         return {"model": self.model.name, "request": self.request.to_json(), "height": self.height, "width": self.width,
-                "latent_frames": self.latent_frames, "weights": statuses}
+                "latent_frames": self.latent_frames, "weights": statuses,
+                "speed": describe_speed(self.request.model, self.request.cache)}
 
     def videos(self) -> list[PreparedRequest]:
         """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""
@@ -199,6 +202,7 @@ def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, p
             else:
                 fit = "crop"
     sampler = resolve_sampler(model.cfg.model.sampler_config, request.sampler, request.steps, request.guidance)
+    cache = _check_cache(request.cache, model)
     resolved = request.replace(
         model=request.model.replace(name=model.choice.name),
         frames=frames,
@@ -208,8 +212,21 @@ def prepare(request: GenerationRequest, model: ResolvedModel | None = None, *, p
         guidance=sampler.guidance,
         sampler=sampler.name if sampler.name in SAMPLER_NAMES else None,
         seed=request.seed if request.seed is not None else random.randrange(SEED_RANGE),
+        cache=cache,
     )
     return PreparedRequest(resolved, model, sampler, height, width, spec.latent_frames(frames), fit)
+
+
+def _check_cache(cache: str | None, model: ResolvedModel) -> str | None:
+    """The cache setting with its threshold filled in; TeaCache needs the model's coefficients."""
+    from cogvid.speed.options import parse_cache, with_default_threshold
+
+    parsed = parse_cache(cache)
+    if parsed is not None and parsed[0] == "teacache":
+        from cogvid.speed.calibration import teacache_coefficients
+
+        teacache_coefficients(model)  # refused now, not after loading, when the model has none
+    return with_default_threshold(cache)
 
 
 def image_size_v15(picture: Image.Image) -> tuple[int, int]:
