@@ -7,7 +7,8 @@ One run measures, on a DiT of the 5B's layout (RoPE, patch 2, 4096-wide text; ra
 batch 2 (guidance's pair), with --frames x --size x --size latents:
 * compiled (--compile: torch.compile of each block, one compilation) vs eager forward time, as the
   median ratio over interleaved pairs (the machine is shared), and the largest output difference;
-* int8wo (--quantize int8wo, torchao): DiT weight bytes vs bf16, output error vs the bf16 model,
+* int8wo (--quantize int8wo, torchao): DiT weight (parameter) bytes vs bf16 (and with the recomputable
+  RoPE buffers), output error vs the bf16 model,
   and int8wo vs bf16 forward time (median ratio of interleaved pairs).
 """
 
@@ -90,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     bf16_model, _ = models.sat_dit(params, 0, "cpu", torch.bfloat16)
     bf16_data = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in data.items()}
     bf16_out = forward(bf16_model, bf16_data).float()
-    bf16_bytes = module_bytes(bf16_model)
+    bf16_bytes, bf16_state_bytes = module_bytes(bf16_model, buffers=False), module_bytes(bf16_model)
     int8_model, _ = models.sat_dit(params, 0, "cpu", torch.bfloat16)
     quantize_dit_(int8_model, "int8wo")
-    int8_bytes = module_bytes(int8_model)
+    int8_bytes, int8_state_bytes = module_bytes(int8_model, buffers=False), module_bytes(int8_model)
     int8_out = forward(int8_model, bf16_data).float()
     int8_error = float((int8_out - bf16_out).abs().max())
     bf16_s, int8_s, int8_ratio = interleaved(lambda: forward(bf16_model, bf16_data), lambda: forward(int8_model, bf16_data), args.pairs)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "eager_s": eager_s, "compiled_s": compiled_s, "compiled_over_eager": compile_ratio, "first_compiled_call_s": compile_seconds,
         "compiled_max_error": compiled_error, "output_max_abs": float(reference.abs().max()),
         "bf16_bytes": bf16_bytes, "int8wo_bytes": int8_bytes, "int8wo_over_bf16_bytes": int8_bytes / bf16_bytes,
+        "int8wo_over_bf16_state_bytes": int8_state_bytes / bf16_state_bytes,
         "int8wo_max_error": int8_error, "bf16_output_max_abs": float(bf16_out.abs().max()),
         "bf16_s": bf16_s, "int8wo_s": int8_s, "int8wo_over_bf16_time": int8_ratio,
     }
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.pairs} interleaved pairs, compile backend {args.backend}")
     print(f"  fp32 eager {eager_s:.3f} s, compiled {compiled_s:.3f} s: ratio compiled/eager {compile_ratio:.2f} "
           f"(first compiled call {compile_seconds:.1f} s); max |compiled - eager| {compiled_error:.2e} (outputs up to {result['output_max_abs']:.2f})")
-    print(f"  int8wo weights {int8_bytes / 2**20:.1f} MiB vs bf16 {bf16_bytes / 2**20:.1f} MiB: ratio {result['int8wo_over_bf16_bytes']:.3f}; "
+    print(f"  int8wo weights {int8_bytes / 2**20:.1f} MiB vs bf16 {bf16_bytes / 2**20:.1f} MiB: ratio {result['int8wo_over_bf16_bytes']:.3f} "
+          f"({result['int8wo_over_bf16_state_bytes']:.3f} with the RoPE buffers); "
           f"max |int8wo - bf16| {int8_error:.3f} (outputs up to {result['bf16_output_max_abs']:.2f})")
     print(f"  bf16 {bf16_s:.3f} s, int8wo {int8_s:.3f} s: ratio int8wo/bf16 {int8_ratio:.2f}")
     if args.json:

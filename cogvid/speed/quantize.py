@@ -118,11 +118,11 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (each tensor once)."""
+def module_bytes(module: nn.Module, buffers: bool = True) -> int:
+    """Bytes of a module's parameters and (unless ``buffers=False``) buffers, each tensor once."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in [*module.parameters(), *(module.buffers() if buffers else ())]:
         if id(tensor) not in seen:
             seen.add(id(tensor))
             total += tensor_bytes(tensor)
