@@ -25,12 +25,12 @@ import judge  # noqa: E402
 DEFAULT_SETTINGS = "teacache:0.1,teacache:0.2,teacache:0.3,fbcache:0.08,fbcache:0.12,fbcache:0.2"
 
 
-def run_setting(pipe, pairs, setting, steps):  # noqa: ANN001, ANN201
+def run_setting(pipe, pairs, setting, steps, seed=0):  # noqa: ANN001, ANN201
     """Accuracies, forward counts and seconds per clip for one cache setting (None: uncached)."""
     results, seconds, skipped, forwards, blocks_run, blocks_total = [], [], 0, 0, 0, 0
     for index, (caption, attrs) in enumerate(pairs):
         started = time.perf_counter()
-        video = pipe.generate(caption, seed=index, steps=steps, cache=setting)
+        video = pipe.generate(caption, seed=seed + index, steps=steps, cache=setting)
         seconds.append(time.perf_counter() - started)
         results.append(judge.judge_clip(video.frames, attrs))
         stats = video.metadata.get("step_cache")
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated cache settings")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 50)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="caption i uses seed SEED + i (same for every setting)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line per setting")
     parser.add_argument("--smoke", action="store_true", help="2 captions, 3 steps, two settings (the smoke test)")
     args = parser.parse_args(argv)
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pipe = cogvid.load("cogvideox-tiny", device="cpu")
     pairs = judge.world.held_out_captions(args.captions)
-    rows = [run_setting(pipe, pairs, None, args.steps)]
+    rows = [run_setting(pipe, pairs, None, args.steps, args.seed)]
     for setting in args.settings.split(","):
-        rows.append(run_setting(pipe, pairs, setting.strip(), args.steps))
+        rows.append(run_setting(pipe, pairs, setting.strip(), args.steps, args.seed))
     base = rows[0]
-    print(f"cogvideox-tiny, {len(pairs)} held-out captions, steps {args.steps or 'default'}, {args.threads} thread(s)")
+    print(f"cogvideox-tiny, {len(pairs)} held-out captions, seeds {args.seed}+i, steps {args.steps or 'default'}, {args.threads} thread(s)")
     print(f"{'cache':<14} {'skipped':>8} {'blocks run':>11} {'color':>6} {'dir.':>6} {'shape':>6} {'all':>6}"
           f" {'d color':>8} {'d dir.':>7} {'d shape':>8} {'s/clip':>7}")
     for row in rows:
