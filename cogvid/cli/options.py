@@ -61,7 +61,7 @@ VIDEO_OPTIONS = (
     _Option("size", Optional[str], typer.Option(None, "--size", metavar="HxW", help="Video size, height x width, e.g. 768x1360.")),
     _Option("fps", Optional[int], typer.Option(None, "--fps", help="Frames per second of the written video (default: the model's).")),
     _Option("vae_tiling", bool, typer.Option(False, "--vae-tiling", help="Decode the video in overlapping spatial tiles: less memory at large sizes, slightly different pixels.")),
-    _Option("cache", Optional[str], typer.Option(None, "--cache", metavar="KIND[:T]", help="Step cache: teacache or fbcache with an optional threshold (e.g. teacache:0.2); skips DiT blocks at steps that barely change.")),
+    _Option("cache", Optional[str], typer.Option(None, "--cache", metavar="KIND[:T]", help="Step cache: teacache or fbcache, with an optional threshold (default 0.3 and 0.12), e.g. teacache:0.2; skips DiT blocks at steps that barely change.")),
     _Option("original_frames", bool, typer.Option(True, "--original-frames/--diffusers-frames", help="1.5 models: decode as the original SAT code (81 requested frames -> 84) or as diffusers (81).")),
 )
 NUM_VIDEOS = _Option("num_videos", int, typer.Option(1, "--num-videos", "-n", help="Videos per prompt (seeds seed, seed+1, ...)."))

@@ -24,11 +24,13 @@ ATTENTION_KERNELS = ("auto", "sdpa", "flash", "sage")
 DEFAULT_ATTENTION = "sdpa"
 ATTENTION_PACKAGES = {"flash": "flash_attn", "sage": "sageattention"}
 CACHE_KINDS = ("teacache", "fbcache")
-DEFAULT_THRESHOLDS = {"teacache": 0.2, "fbcache": 0.12}
-"""Default thresholds: ``teacache`` at 0.2 is TeaCache's "1.8x" setting for CogVideoX1.5 and skips
-38% of the demo model's DiT forwards; ``fbcache`` at 0.12 skips about as many (measured in README)."""
+DEFAULT_THRESHOLDS = {"teacache": 0.3, "fbcache": 0.12}
+"""Default thresholds, measured on the demo model with its judge (50 held-out captions, README):
+``teacache`` 0.3 (TeaCache's "2.1x" setting for CogVideoX1.5) skips 64% of the DiT forwards with
+colour, direction and shape within 0.04 of uncached on two seed sets; ``fbcache`` 0.12 skips 26%
+(every accuracy unchanged; at 0.2 it skips 51% but shape drops by 0.10)."""
 MAX_THRESHOLD = 10.0
-CACHE_HINT = "write teacache or fbcache, with an optional threshold, e.g. --cache teacache:0.2"
+CACHE_HINT = "write teacache or fbcache, with an optional threshold, e.g. --cache teacache:0.3"
 
 
 def check_quantize(value: Any) -> str | None:
@@ -78,7 +80,7 @@ def check_cache(value: Any) -> str | None:
 
 
 def with_default_threshold(value: str | None) -> str | None:
-    """``"teacache"`` -> ``"teacache:0.2"`` (what a prepared request records); None stays None."""
+    """``"teacache"`` -> ``"teacache:0.3"`` (what a prepared request records); None stays None."""
     parsed = parse_cache(value)
     if parsed is None:
         return None
