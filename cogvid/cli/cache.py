@@ -16,7 +16,7 @@ app = typer.Typer(help="Step caches (--cache): calibrate TeaCache for a model.",
 @app.command("calibrate")
 @with_options(MODEL_OPTIONS)
 def calibrate(
-    prompts: Optional[Path] = typer.Option(None, "--prompts", metavar="FILE", help="One prompt per line (default: 4 simple scenes)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", metavar="FILE", help="One prompt per line, prompt@@image for -i2v models (default: 4 simple scenes)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of each run (default: the model's)."),
     *,
     options: CliOptions,

@@ -31,12 +31,21 @@ DEFAULT_PROMPTS = (
 
 def record_changes(pipe: Any, prompts: Sequence[str], steps: int | None = None, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> list[tuple[float, float]]:
-    """(embedding change, output change) at every step of one uncached run per prompt."""
+    """(embedding change, output change) at every step of one uncached run per prompt.
+
+    An image-to-video model takes ``prompt@@image`` lines (as ``cogvid batch`` does)."""
     from cogvid.speed.cache import ChangeRecorder, step_cache
 
     pairs: list[tuple[float, float]] = []
-    for index, prompt in enumerate(prompts):
-        prepared = pipe.prepare(GenerationRequest(prompt=prompt, steps=steps, seed=seed + index))
+    for index, text in enumerate(prompts):
+        prompt, image = text, None
+        if "@@" in text:
+            prompt, _, image_text = text.rpartition("@@")
+            image = Path(image_text.strip()).expanduser()
+        elif pipe.spec.task == "i2v":
+            raise UsageError(f"{pipe.name} is an image-to-video model: each calibration prompt needs an image",
+                             hint="give --prompts FILE with lines like: the dog turns its head@@dog.png")
+        prepared = pipe.prepare(GenerationRequest(prompt=prompt.strip(), image=image, steps=steps, seed=seed + index))
         recorder = ChangeRecorder(prepared.sampler.steps)
         with step_cache(pipe.engine.network, recorder):
             pipe.run(prepared)

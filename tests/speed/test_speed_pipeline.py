@@ -105,3 +105,15 @@ def test_the_demo_model_ships_its_calibration():
 
     coefficients, source = teacache_coefficients(resolve_model(ModelChoice(name="cogvideox-tiny")))
     assert len(coefficients) == 5 and source.endswith(CALIBRATION_FILE)
+
+
+def test_calibrating_an_image_to_video_model_needs_images():
+    from types import SimpleNamespace
+
+    from cogvid.errors import UsageError
+    from cogvid.speed.calibrate import record_changes
+
+    i2v = SimpleNamespace(name="some-i2v", spec=SimpleNamespace(task="i2v"))
+    with pytest.raises(UsageError, match="needs an image") as caught:
+        record_changes(i2v, ["a dog turns its head"])
+    assert "@@" in caught.value.hint
