@@ -119,7 +119,7 @@ def test_attention_kernels_on_the_cpu():
             resolve_kernel(name, cpu, torch.bfloat16)
 
 
-def test_device_checks_refuse_fp8_and_a_missing_compiler(monkeypatch):
+def test_device_checks_refuse_fp8_and_a_missing_compiler():
     from torch._inductor import config as inductor
 
     from cogvid.request import ModelChoice
@@ -128,8 +128,7 @@ def test_device_checks_refuse_fp8_and_a_missing_compiler(monkeypatch):
     cpu = torch.device("cpu")
     with pytest.raises(DeviceError, match="runs on CUDA GPUs only"):
         check_device(ModelChoice(quantize="fp8dq"), cpu, torch.bfloat16)
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-compiler-g++"))
-    with pytest.raises(DeviceError, match="needs a C\\+\\+ compiler") as caught:
+    with inductor.patch({"cpp.cxx": (None, "no-such-compiler-g++")}), pytest.raises(DeviceError, match="needs a C\\+\\+ compiler") as caught:
         check_device(ModelChoice(compile=True), cpu, torch.float32)
     assert "leave out --compile" in caught.value.hint
     assert check_device(ModelChoice(), cpu, torch.float32) == "sdpa"

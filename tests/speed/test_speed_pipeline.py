@@ -70,8 +70,7 @@ def test_device_problems_are_refused_before_loading(monkeypatch):
     monkeypatch.setattr(pipeline.VideoDiffusionEngine, "from_config", lambda *a, **k: pytest.fail("loaded"))
     from torch._inductor import config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-compiler-g++"))
-    with pytest.raises(cogvid.CogvidError, match="C\\+\\+ compiler"):
+    with inductor.patch({"cpp.cxx": (None, "no-such-compiler-g++")}), pytest.raises(cogvid.CogvidError, match="C\\+\\+ compiler"):
         cogvid.load(device="cpu", compile=True)
 
 
