@@ -6,7 +6,7 @@ A prompt file is either
   lines and lines starting with ``#`` are skipped;
 * JSON Lines (``.jsonl``/``.ndjson``): one object per line with ``prompt`` (or ``from``: a sidecar)
   and optional per-line settings (``negative``, ``seed``, ``steps``, ``guidance``, ``frames``,
-  ``size``, ``image``, ``lora``, ``num_videos``); blank and ``#`` lines are skipped here too.
+  ``size``, ``image``, ``lora``, ``num_videos``, ``cache``); blank and ``#`` lines are skipped here too.
 Both are UTF-8 with or without a BOM, with LF or CRLF line ends. Each line becomes a
 :class:`~cogvid.request.GenerationRequest` built from the command line's (the template); a line that
 cannot run becomes a :class:`Job` with ``error`` set (its line number is kept), so a batch reports
@@ -38,7 +38,7 @@ from cogvid.sidecar import read_request
 from cogvid.spec import parse_size
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-JSONL_FIELDS = ("prompt", "from", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos")
+JSONL_FIELDS = ("prompt", "from", "negative", "seed", "steps", "guidance", "frames", "size", "image", "lora", "num_videos", "cache")
 JSONL_HINT = 'write {"prompt": "..."} on each line, with optional settings'
 IMAGE_SEPARATOR = "@@"
 
@@ -212,11 +212,17 @@ def parse_prompt_file(path: str | os.PathLike, template: GenerationRequest = Gen
 
 
 def model_key(request: GenerationRequest, model: str, decode_schedule: str | None) -> str:
-    """What besides a line's settings changes its pixels: the model, its LoRAs, the decode and tiling."""
+    """What besides a line's settings changes its pixels: the model, its LoRAs, the decode, tiling and
+    the speed settings that change numbers (all of them off leave the key as cogvid 0.1 made it)."""
     key = model + "".join(f"+lora:{spec.path.resolve()}:{spec.scale}" for spec in request.model.loras)
     if decode_schedule is not None:
         key += f"+decode:{decode_schedule}"
-    return key + ("+vae-tiling" if request.vae_tiling else "")
+    choice = request.model
+    speed = [f"quantize:{choice.quantize}" + ("+text" if choice.quantize_text else "")] if choice.quantize else []
+    speed += ["compile"] if choice.compile else []
+    speed += [f"attention:{choice.attention}"] if choice.attention != "sdpa" else []
+    speed += [f"cache:{request.cache}"] if request.cache else []
+    return key + ("+vae-tiling" if request.vae_tiling else "") + "".join(f"+{part}" for part in speed)
 
 
 def job_key(request: GenerationRequest, video_index: int, model: str) -> str:

@@ -93,6 +93,10 @@ def load(
     progress: ProgressCallback | None = None,
     *,
     offload: bool = False,
+    compile: bool = False,
+    quantize: str | None = None,
+    quantize_text: bool = False,
+    attention: str = "sdpa",
     resolved: ResolvedModel | None = None,
     text_encoder: bool = True,
 ) -> VideoPipeline:
@@ -104,15 +108,21 @@ def load(
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
     the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
     :func:`cogvid.prepare.resolve_model`) replaces the model, weights, configs and overrides; device, dtype,
-    lora and offload given beside it apply to it. ``text_encoder=False``
-    skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
+    lora and offload given beside it apply to it. Speed (all off by default, see
+    :mod:`cogvid.speed`): ``compile`` compiles the DiT blocks with torch.compile, ``quantize``
+    (``int8wo``, ``int8dq``, ``fp8wo``, ``fp8dq``) quantizes the DiT's linear layers with torchao (and T5's
+    with ``quantize_text``), ``attention`` picks the kernel (``sdpa``, ``flash``, ``sage``, ``auto``).
+    ``text_encoder=False`` skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
     """
     if resolved is None:
-        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
+        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload,
+                             compile=compile, quantize=quantize, quantize_text=quantize_text, attention=attention)
         resolved = resolve_model(choice)
     else:  # how to load may still be given beside a resolved model (what to load may not)
-        given = {"device": device, "dtype": dtype, "loras": tuple(lora), "offload": offload}
-        defaults = {"device": "auto", "dtype": None, "loras": (), "offload": False}
+        given = {"device": device, "dtype": dtype, "loras": tuple(lora), "offload": offload, "compile": compile,
+                 "quantize": quantize, "quantize_text": quantize_text, "attention": attention}
+        defaults = {"device": "auto", "dtype": None, "loras": (), "offload": False, "compile": False,
+                    "quantize": None, "quantize_text": False, "attention": "sdpa"}
         changes = {key: value for key, value in given.items() if value != defaults[key]}
         if changes:
             resolved = dataclasses.replace(resolved, choice=resolved.choice.replace(**changes))
@@ -120,6 +130,9 @@ def load(
     _, world_size, local_rank = rank_info()
     run_device = resolve_device(rank_device(choice.device, local_rank, world_size))  # cuda:LOCAL_RANK under torchrun
     run_dtype = resolve_dtype(choice.dtype, resolved.model_dtype, run_device)
+    from cogvid.speed import setup as speed
+
+    kernel = speed.check_device(choice, run_device, run_dtype)  # before any weights load
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
@@ -128,6 +141,7 @@ def load(
         lora=choice.loras, text_encoder=text_encoder,
     )
     engine.offload = choice.offload
+    engine.speed = speed.apply(engine, choice, kernel)
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
     return VideoPipeline(engine, resolved, load_seconds=seconds)
@@ -174,17 +188,19 @@ class VideoPipeline:
         callback: ProgressCallback | None = None,
         decode: str = "original",
         vae_tiling: bool = False,
+        cache: str | None = None,
     ) -> Video:
         """Generate one video. ``image`` is a path or a PIL image; ``latents`` (B, T, C, h, w) replaces the
         initial noise; ``callback`` receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop
-        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81)."""
+        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81).
+        ``cache`` is a step cache, ``"teacache"`` or ``"fbcache"`` with an optional ``":THRESHOLD"``."""
         from PIL import Image
 
         picture = image if isinstance(image, Image.Image) else None
         request = GenerationRequest(
             prompt=prompt, negative=negative_prompt, image=None if picture is not None else image,
             frames=num_frames, height=height, width=width, steps=steps, guidance=guidance, sampler=sampler,
-            seed=seed, decode=decode, vae_tiling=vae_tiling,
+            seed=seed, decode=decode, vae_tiling=vae_tiling, cache=cache,
         )
         return self.run(self.prepare(request, picture=picture), latents=latents, callback=callback, picture=picture)
 
@@ -243,7 +259,9 @@ class VideoPipeline:
             report(ProgressEvent("step", "denoising", index + 1, total, **where))
 
         done = stage("denoising")
-        with runtime.denoising(engine.network, engine.denoise, noise.shape[0]) if runtime else _plain() as denoiser:
+        cache = self._step_cache(prepared)
+        with runtime.denoising(engine.network, engine.denoise, noise.shape[0]) if runtime else _plain() as denoiser, \
+                _caching(engine.network, cache):
             samples = engine.sample(cond, uncond, noise, sampler, generator=device_generator, callback=on_step, denoiser=denoiser)
         done()
         _require_finite(samples, "the denoised latents", latents is not None)
@@ -264,6 +282,11 @@ class VideoPipeline:
         metadata = self._metadata(prepared, pixels_uint8, timings)
         if prepared.parallel.world > 1:
             metadata["parallel"] = prepared.parallel.describe()
+        speed = getattr(engine, "speed", None)
+        if speed is not None and speed != type(speed)():
+            metadata["speed"] = speed.to_json()
+        if cache is not None:
+            metadata["step_cache"] = {"setting": request.cache, **cache.stats()}
         return Video(frames=pixels_uint8, fps=request.fps or self.spec.fps, metadata=metadata, latents=samples)
 
     def _runtime(self, prepared: PreparedRequest) -> Any:
@@ -276,6 +299,16 @@ class VideoPipeline:
 
             self._runtimes[plan] = ParallelRuntime(plan, self.engine.device)
         return self._runtimes[plan]
+
+    def _step_cache(self, prepared: PreparedRequest) -> Any:
+        """The step cache of a request (None without one), for its number of steps."""
+        if prepared.request.cache is None:
+            return None
+        from cogvid.speed.cache import make_cache
+        from cogvid.speed.calibration import teacache_coefficients
+
+        coefficients = teacache_coefficients(self.resolved)[0] if prepared.request.cache.startswith("teacache") else None
+        return make_cache(prepared.request.cache, prepared.sampler.steps, coefficients)
 
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
         shape = prepared.latent_shape
@@ -344,6 +377,15 @@ def _agreed(prepared: PreparedRequest, runtime: Any) -> PreparedRequest:
 @contextlib.contextmanager
 def _plain() -> Any:
     yield None
+
+
+def _caching(network: Any, cache: Any) -> Any:
+    """A context in which ``network`` runs with the step ``cache`` (nothing changes without one)."""
+    if cache is None:
+        return contextlib.nullcontext()
+    from cogvid.speed.cache import step_cache
+
+    return step_cache(network, cache)
 
 
 def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> None:

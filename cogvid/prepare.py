@@ -225,9 +225,12 @@ class PreparedRequest:
 
     def describe(self) -> dict[str, Any]:
         """What ``--dry-run`` reports: the model, the resolved request, the pixel size and the weights' status."""
+        from cogvid.speed.options import describe as describe_speed
+
         statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in self.model.paths.statuses()]
         return {"model": self.model.name, "request": self.request.to_json(), "height": self.height, "width": self.width,
-                "latent_frames": self.latent_frames, "parallel": self.parallel.describe(), "weights": statuses}
+                "latent_frames": self.latent_frames, "parallel": self.parallel.describe(), "weights": statuses,
+                "speed": describe_speed(self.request.model, self.request.cache)}
 
     def videos(self) -> list[PreparedRequest]:
         """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""
@@ -277,6 +280,7 @@ def prepare(
             else:
                 fit = "crop"
     sampler = resolve_sampler(model.cfg.model.sampler_config, request.sampler, request.steps, request.guidance)
+    cache = _check_cache(request.cache, model)
     filled = {
         "frames": frames,
         "height": None if fit == "stretch" else height,
@@ -286,6 +290,7 @@ def prepare(
         "guidance": sampler.guidance,
         "sampler": sampler.name if sampler.name in SAMPLER_NAMES else None,
         "seed": request.seed if request.seed is not None else random.randrange(SEED_RANGE),
+        "cache": cache,
     }
     changes = {key: value for key, value in filled.items() if getattr(request, key) != value}  # what was unset
     if request.model.name != model.choice.name:
@@ -311,6 +316,18 @@ def _parallel_plan(mode: str, model: ResolvedModel, sampler: SamplerChoice, late
     guider = (sampler.config.get("params") or {}).get("guider_config")
     guided = guider is not None and not str(guider.get("target", "")).endswith("IdentityGuider")
     return plan_parallel(mode, world, heads=int(net.num_attention_heads), tokens=tokens, guided=guided, batch=batch)
+
+
+def _check_cache(cache: str | None, model: ResolvedModel) -> str | None:
+    """The cache setting with its threshold filled in; TeaCache needs the model's coefficients."""
+    from cogvid.speed.options import parse_cache, with_default_threshold
+
+    parsed = parse_cache(cache)
+    if parsed is not None and parsed[0] == "teacache":
+        from cogvid.speed.calibration import teacache_coefficients
+
+        teacache_coefficients(model)  # refused now, not after loading, when the model has none
+    return with_default_threshold(cache)
 
 
 def image_size_v15(picture: Image.Image) -> tuple[int, int]:

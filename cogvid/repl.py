@@ -17,7 +17,7 @@ from typing import Any
 from cogvid.errors import Cancelled, UsageError
 from cogvid.request import GenerationRequest
 
-SETTING_KEYS = ("steps", "guidance", "seed", "frames", "size", "fps", "sampler", "negative")
+SETTING_KEYS = ("steps", "guidance", "seed", "frames", "size", "fps", "sampler", "negative", "cache")
 """What ``/set KEY VALUE`` may change (``/set KEY default`` goes back to the model's value)."""
 
 HISTORY_FILE = "repl_history"
@@ -162,6 +162,8 @@ def parse_setting(key: str, text: str) -> Any:
         return parse_size(text)
     if key == "negative":
         return "" if text.lower() == "none" else text
+    if key == "cache":
+        return None if text.lower() in ("none", "off") else text  # its form is checked by the request
     return text  # sampler: checked against the model's sampler table by the session
 
 
@@ -181,6 +183,7 @@ def setting_rows(template: GenerationRequest, defaults: dict[str, str]) -> list[
         "fps": template.fps,
         "sampler": template.sampler,
         "negative": template.negative or None,
+        "cache": template.cache,
         "image": str(template.image) if template.image else None,
     }
     rows = []

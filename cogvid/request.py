@@ -26,6 +26,7 @@ from typing import Any
 from cogvid.devices import DTYPE_ALIASES
 from cogvid.diffusion import MAX_STEPS, SAMPLER_NAMES
 from cogvid.errors import ArgumentTypeError, UsageError
+from cogvid.speed.options import DEFAULT_ATTENTION, check_attention, check_cache, check_choice, check_quantize
 
 SCHEMA_VERSION = 1
 MAX_SEED = 2**63 - 1
@@ -184,6 +185,9 @@ class ModelChoice:
     ``weights`` the weights root; ``configs``/``overrides`` extra YAML and ``--set`` values; ``loras`` are
     merged into the DiT at load time; ``device``/``dtype``/``offload`` decide where it runs; ``parallel``
     how the processes of a ``torchrun`` world share the work (:mod:`cogvid.parallel`; same video either way).
+    ``compile`` (torch.compile of the DiT blocks), ``quantize`` (a torchao mode for the DiT's linear
+    layers, and T5's with ``quantize_text``) and ``attention`` (the attention kernel) decide how fast
+    (see :mod:`cogvid.speed`); all off by default.
     """
 
     name: str | None = None
@@ -195,6 +199,10 @@ class ModelChoice:
     dtype: str | None = None
     offload: bool = False
     parallel: str = "auto"
+    compile: bool = False
+    quantize: str | None = None
+    quantize_text: bool = False
+    attention: str = DEFAULT_ATTENTION
 
     def __post_init__(self) -> None:
         _check_fields(self, _CHOICE_CHECKS, [f.name for f in dataclasses.fields(self)])
@@ -214,6 +222,10 @@ class ModelChoice:
             "dtype": self.dtype,
             "offload": self.offload,
             "parallel": self.parallel,
+            "compile": self.compile,
+            "quantize": self.quantize,
+            "quantize_text": self.quantize_text,
+            "attention": self.attention,
         }
 
     @classmethod
@@ -239,7 +251,8 @@ class GenerationRequest:
     None means "the model's default" (a random seed for ``seed``); :func:`cogvid.prepare.prepare`
     replaces each None by its value for the model, so a prepared request describes a video exactly.
     ``decode`` is ``"original"`` (the SAT decode; 1.5 models make 4k+4 frames for 4k+1) or
-    ``"diffusers"``; ``vae_tiling`` decodes in overlapping tiles.
+    ``"diffusers"``; ``vae_tiling`` decodes in overlapping tiles. ``cache`` is a step cache,
+    ``"teacache"`` or ``"fbcache"`` with an optional ``":THRESHOLD"`` (None: every step runs the whole DiT).
     """
 
     prompt: str = ""
@@ -256,6 +269,7 @@ class GenerationRequest:
     num_videos: int = 1
     decode: str = "original"
     vae_tiling: bool = False
+    cache: str | None = None
     model: ModelChoice = field(default_factory=ModelChoice)
 
     def __post_init__(self) -> None:
@@ -360,6 +374,10 @@ _CHOICE_CHECKS: dict[str, Any] = {
     "dtype": _dtype,
     "offload": _flag("offload"),
     "parallel": _parallel,
+    "compile": _flag("compile"),
+    "quantize": check_quantize,
+    "quantize_text": _flag("quantize_text"),
+    "attention": check_attention,
 }
 
 
@@ -391,6 +409,7 @@ _REQUEST_CHECKS: dict[str, Any] = {
     "num_videos": lambda v: check_int(v, "the number of videos", 1, MAX_VIDEOS, hint="e.g. -n 4"),
     "decode": _decode,
     "vae_tiling": _flag("vae_tiling"),
+    "cache": check_cache,
     "model": _model,
 }
 
@@ -401,6 +420,8 @@ def _check_fields(obj: Any, checks: dict[str, Any], names: Any) -> None:
         object.__setattr__(obj, name, checks[name](getattr(obj, name)))
     if isinstance(obj, GenerationRequest) and (obj.height is None) != (obj.width is None):
         raise UsageError("give both height and width", hint=_SIZE_HINT)
+    if isinstance(obj, ModelChoice):
+        check_choice(obj.compile, obj.quantize, obj.quantize_text, obj.attention, obj.device)
 
 
 def _replaced(obj: Any, checks: dict[str, Any], changes: dict[str, Any]) -> Any:

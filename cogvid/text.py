@@ -153,6 +153,7 @@ class FrozenT5Embedder(nn.Module):
         self.input_key = "txt"
         self.tokenizer: Any = None
         self.transformer: nn.Module | None = None
+        self.after_load: Any = None  # called with the encoder after each load (cogvid.speed: --quantize-text)
         # An empty tensor that follows .to() and dtype casts: where and in which dtype to load T5.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
@@ -190,6 +191,9 @@ class FrozenT5Embedder(nn.Module):
     def load(self) -> FrozenT5Embedder:
         """Read the T5 weights (once) straight into this module's dtype and device."""
         if self.transformer is None:
+            from cogvid.speed.quantize import import_torchao_quietly
+
+            import_torchao_quietly()  # transformers imports torchao when it is installed
             import transformers
             from transformers import T5EncoderModel
 
@@ -219,6 +223,8 @@ class FrozenT5Embedder(nn.Module):
             model.eval()
             if self.freeze_weights:
                 model.requires_grad_(False)
+            if self.after_load is not None:
+                self.after_load(model)
             self.transformer = model
         self.load_tokenizer()
         return self

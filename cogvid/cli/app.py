@@ -104,7 +104,7 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import batch, export, generate, lora, models, repl
+    from cogvid.cli import batch, cache, export, generate, lora, models, repl
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
@@ -113,6 +113,7 @@ def _register() -> None:
     app.command("export", epilog=export.EXAMPLES)(export.export)
     app.add_typer(models.app, name="models")
     app.add_typer(lora.app, name="lora")
+    app.add_typer(cache.app, name="cache")
 
 
 _register()

@@ -104,6 +104,8 @@ def show_dry_run(prepared: list[Any], as_json: bool) -> None:
             f" · {request.num_videos} video(s)",
             markup=False, highlight=False,
         )
+        if record["speed"]:
+            console.out.print(f"  speed: {record['speed']}", markup=False, highlight=False)
         for part in record["weights"]:
             console.out.print(f"  {part['part']:<12} {'found' if part['found'] else 'missing'}  {part['path']}", markup=False)
 

@@ -67,7 +67,11 @@ class DiffusionTransformer(BaseModel):
 
     ``device`` (not in the original) builds the parameters directly on that device; "meta"
     builds without allocating or initialising anything (used by the checkpoint loader).
+    ``speed_blocks`` (a :class:`cogvid.speed.blocks.BlockStack`, set by :mod:`cogvid.speed.setup`)
+    replaces SAT's layer loop when a speed option is on; None runs SAT's own.
     """
+
+    speed_blocks: Any = None
 
     def __init__(
         self,
@@ -233,6 +237,8 @@ class DiffusionTransformer(BaseModel):
         )
         ones = torch.ones((1, 1), dtype=x.dtype, device=x.device)
         with sat_runtime():
+            if self.speed_blocks is not None:  # cogvid.speed: compiled blocks, another attention kernel, a step cache
+                return self.speed_blocks(ones, kwargs)
             return super().forward(input_ids=ones, position_ids=ones, attention_mask=ones, **kwargs)[0]
 
     # ---------------------------------------------------------------------------------------
