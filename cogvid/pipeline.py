@@ -7,6 +7,7 @@ events).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ class ProgressEvent:
 
     ``kind`` is ``"stage"`` (``stage`` starts), ``"stage_done"`` (with ``seconds``), ``"step"``
     (``index`` of ``total`` denoising steps done, at DDPM ``timestep`` or noise level ``sigma``,
-    whichever the sampler walks) or ``"decode"`` (``index`` of ``total`` VAE chunks done).
+    whichever the sampler walks), ``"decode"`` (``index`` of ``total`` VAE chunks done) or ``"note"``
+    (a ``message`` to show, e.g. the offload mode ``--memory auto`` picked).
     """
 
     kind: str
@@ -42,6 +44,7 @@ class ProgressEvent:
     timestep: int | None = None
     sigma: float | None = None
     seconds: float | None = None
+    message: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -94,7 +97,8 @@ def load(
     lora: Sequence[str | Path | LoraSpec] = (),
     progress: ProgressCallback | None = None,
     *,
-    offload: bool = False,
+    offload: str | bool | None = None,
+    memory: str = "auto",
     resolved: ResolvedModel | None = None,
 ) -> VideoPipeline:
     """Load a model by registry name (``cogvideox-2b``, ...) or from original-style YAMLs (``configs=``).
@@ -103,11 +107,14 @@ def load(
     weights root for registry models. ``device="auto"`` picks CUDA when present; ``dtype``
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
-    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
+    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``offload`` (``none``, ``text``,
+    ``model``, ``blocks``; True is ``model``) says how the parts share the GPU; None lets ``memory``
+    decide: ``auto`` fits the model's default video into the free memory of the CUDA device, a size
+    (``"24GiB"``) into that, ``off`` keeps everything on it (see :mod:`cogvid.memory_plan`).
+    ``resolved`` (from :func:`cogvid.prepare.resolve_model`) replaces every other model argument.
     """
     if resolved is None:
-        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload)
+        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload, memory)
         resolved = resolve_model(choice)
     choice = resolved.choice
     run_device = resolve_device(choice.device)
@@ -115,14 +122,36 @@ def load(
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
+    mode, note = _offload_mode(resolved, run_device)
+    if note:
+        report(ProgressEvent("note", "loading", message=note))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
-        lora=choice.loras,
+        lora=choice.loras, offload=mode,
     )
-    engine.offload = choice.offload
+    resolved = dataclasses.replace(resolved, choice=choice.replace(offload=mode))
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
     return VideoPipeline(engine, resolved, load_seconds=seconds)
+
+
+def _offload_mode(resolved: ResolvedModel, device: torch.device) -> tuple[str, str | None]:
+    """The offload mode to load with, and a line saying what ``--memory`` picked (None if nothing was picked)."""
+    from cogvid.devices import free_memory
+    from cogvid.memory_plan import fit, model_plans, no_fit_error, parse_budget
+
+    choice = resolved.choice
+    if choice.offload is not None:
+        return choice.offload, None
+    budget = parse_budget(choice.memory)
+    if budget is None and choice.memory == "auto":
+        budget = free_memory(device)
+    if budget is None or device.type != "cuda":
+        return "none", None
+    result = fit(model_plans(resolved), budget)
+    if result.plan is None:
+        raise no_fit_error(result, str(device))
+    return result.plan.offload, result.message(str(device))
 
 
 class VideoPipeline:
@@ -164,11 +193,12 @@ class VideoPipeline:
         latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
         decode: str = "original",
-        vae_tiling: bool = False,
+        vae_tiling: bool | None = None,
     ) -> Video:
         """Generate one video. ``image`` is a path or a PIL image; ``latents`` (B, T, C, h, w) replaces the
         initial noise; ``callback`` receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop
-        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81)."""
+        between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81).
+        ``vae_tiling`` None tiles the decode only when the memory plan says it would not fit otherwise."""
         from PIL import Image
 
         picture = image if isinstance(image, Image.Image) else None
@@ -189,6 +219,9 @@ class VideoPipeline:
     ) -> Video:
         """Make the video of a prepared request (its first, for ``num_videos`` > 1: see ``prepared.videos()``)."""
         report = callback or (lambda event: None)
+        prepared, note = self._settled(prepared)
+        if note:
+            report(ProgressEvent("note", "decoding", message=note))
         engine, request = self.engine, prepared.request
         timings: dict[str, float] = {}
 
@@ -237,6 +270,29 @@ class VideoPipeline:
         pixels_uint8 = frames_to_uint8(decoded[0])
         metadata = self._metadata(prepared, pixels_uint8, timings)
         return Video(frames=pixels_uint8, fps=request.fps or self.spec.fps, metadata=metadata, latents=samples)
+
+    def _settled(self, prepared: PreparedRequest) -> tuple[PreparedRequest, str | None]:
+        """The request as it runs on this engine: its offload mode, and VAE tiling when it was left to
+        ``--memory`` (on only if the decode would not fit otherwise). Also arms the out-of-memory advice."""
+        from cogvid.devices import free_memory
+        from cogvid.memory_plan import gib, oom_explainer, parse_budget, plan_for, usable_bytes
+
+        engine, request = self.engine, prepared.request
+        note, tiling = None, request.vae_tiling
+        if tiling is None:
+            tiling = False
+            budget = parse_budget(request.model.memory)
+            if budget is None and request.model.memory == "auto":
+                budget = free_memory(engine.device, own=True)
+            if budget is not None and engine.device.type == "cuda":
+                plan = plan_for(prepared, offload=engine.offload, vae_tiling=False)
+                tiling = plan.peak > usable_bytes(budget)
+                if tiling:
+                    note = f"memory: {plan.settings} needs about {gib(plan.peak)} ({plan.peak_stage.name}), more than {gib(budget)}: decoding in tiles"
+        settled = prepared.request.replace(model=request.model.replace(offload=engine.offload), vae_tiling=tiling)
+        prepared = dataclasses.replace(prepared, request=settled)
+        engine.explain_memory = oom_explainer(prepared)
+        return prepared, note
 
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
         shape = prepared.latent_shape
