@@ -36,6 +36,7 @@ from cogvid.spec import SPATIAL_COMPRESSION
 
 if TYPE_CHECKING:
     from cogvid.prepare import PreparedRequest, ResolvedModel
+    from cogvid.request import GenerationRequest
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -301,6 +302,68 @@ def plan_for(prepared: PreparedRequest, *, offload: str | None = None, vae_tilin
     )
 
 
+def plan_report(request: GenerationRequest, quantize: str | None = None) -> dict[str, Any]:
+    """What ``cogvid plan`` shows for a request (no prompt or image needed): the plan of every offload
+    mode and tiling the request leaves open, and the one ``--memory SIZE`` would pick.
+
+    Returns ``{"json": ..., "lines": [...]}``; raises UsageError for frames or a size the model cannot make.
+    """
+    from cogvid.prepare import resolve_model
+    from cogvid.spec import check_frames, check_size
+
+    model = resolve_model(request.model)
+    choice, spec = model.choice, model.spec
+    frames = request.frames if request.frames is not None else spec.default_frames
+    check_frames(spec, frames)
+    if request.size is not None:
+        check_size(spec, *request.size)
+
+    def plan(mode: str, tiling: bool) -> MemoryPlan:
+        return estimate(model, frames=frames, height=request.height, width=request.width, offload=mode, vae_tiling=tiling,
+                        dtype=choice.dtype, device=choice.device, decode=request.decode,
+                        negative=bool(request.negative.strip()), quantize=quantize)
+
+    plans = [plan(mode, tiling) for mode, tiling in CANDIDATES
+             if choice.offload in (None, mode) and request.vae_tiling in (None, tiling)]
+    budget = parse_budget(choice.memory)
+    picked = fit(plan, budget, offload=choice.offload, vae_tiling=request.vae_tiling) if budget is not None else None
+    lines = plans[0].lines() if len(plans) == 1 else plans_table(plans)
+    if picked is not None:
+        lines.append(picked.message() if picked.plan is not None else f"no plan fits in {gib(budget)} (usable {gib(picked.usable)})")
+    data = {"model": model.name, "plans": [p.to_json() for p in plans], "budget": budget,
+            "picked": picked.plan.settings if picked is not None and picked.plan is not None else None}
+    return {"json": data, "lines": lines}
+
+
+def dry_run_memory(prepared: PreparedRequest) -> dict[str, Any]:
+    """What ``--dry-run`` says about memory: the plan of the settings that will run, or, when ``--memory
+    auto`` decides at run time, the plan without offloading and a pointer to ``cogvid plan``."""
+    settled, note = settle([prepared])
+    plan = plan_for(settled[0])
+    choice = prepared.request.model
+    undecided = choice.offload is None or prepared.request.vae_tiling is None
+    if undecided and choice.memory == "auto" and plan_device(choice.device) == "cuda":
+        summary = (f"{plan.summary()}; --memory auto picks the offload mode and tiling from the free GPU memory "
+                   "at run time (`cogvid plan` shows every mode)")
+    else:
+        summary = note.removeprefix("memory: ") if note else plan.summary()
+    return {"plan": plan.to_json(), "summary": summary}
+
+
+def plans_table(plans: Sequence[MemoryPlan]) -> list[str]:
+    """Several plans of one video as a table: each stage's total, the peak and the host RAM (GiB)."""
+    first = plans[0]
+    quantized = f", DiT {first.quantize}" if first.quantize else ""
+    stages = [stage.name for stage in first.stages]
+    lines = [f"{first.model}: {first.frames} frames {first.width}x{first.height} ({first.video_tokens} + {first.text_tokens} tokens), "
+             f"{first.dtype}{quantized} on {first.device}; estimated peak memory per stage, GiB",
+             f"  {'settings':<30}" + "".join(f"{name:>11}" for name in stages) + f"{'peak':>9}{'host RAM':>10}"]
+    for plan in plans:
+        lines.append(f"  {plan.settings:<30}" + "".join(f"{gib(stage.total, 2):>11}" for stage in plan.stages)
+                     + f"{gib(plan.peak, 2):>9}{gib(plan.host_ram, 2):>10}")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------
 # Fitting a budget
 
@@ -458,5 +521,5 @@ def _with_settings(prepared: PreparedRequest, offload: str, vae_tiling: bool | N
 
 __all__ = [
     "CANDIDATES", "GIB", "OFFLOAD_MODES", "MemoryFit", "MemoryPlan", "ModelSizes", "StagePlan", "estimate", "fit", "model_plans", "plans_of",
-    "gib", "no_fit_error", "oom_explainer", "parse_budget", "parts_on_device", "plan_for", "settle", "usable_bytes",
+    "dry_run_memory", "gib", "no_fit_error", "oom_explainer", "parse_budget", "parts_on_device", "plan_for", "plan_report", "plans_table", "settle", "usable_bytes",
 ]

@@ -49,14 +49,13 @@ def dit_step_bytes(dit: DiTSize, *, batch: int, text_tokens: int, video_tokens: 
     first MLP projection and its GELU are 4 U each: 13 U. The attention half peaks lower (about 12 U:
     qkv 3 U, the q/k norms and the rotary temporaries). Besides: the cached RoPE cos/sin tables of the
     video grid, the DiT's input cast to its dtype, and the sampler's float32 latents (``latent_bytes``
-    each, about 8 alive around a step: x, the batched input, the denoiser's scaled copies, the output,
-    the solver's history).
+    each; about 4 alive besides the DiT's: x, the solver's history and the denoised output; measured).
     """
     tokens = text_tokens + video_tokens
     unit = batch * tokens * dit.hidden * item
     layer_peak = 5 * unit + 2 * batch * tokens * dit.inner * item
     tables = 2 * video_tokens * (dit.hidden // dit.heads) * item if rope else 0
-    return layer_peak + tables + input_bytes + 8 * latent_bytes
+    return layer_peak + tables + input_bytes + 4 * latent_bytes
 
 
 # ------------------------------------------------------------------------------------------------

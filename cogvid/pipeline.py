@@ -135,6 +135,21 @@ def load(
     return VideoPipeline(engine, resolved, load_seconds=seconds)
 
 
+def settle_memory(prepared: Sequence[PreparedRequest]) -> tuple[list[PreparedRequest], str | None]:
+    """Fill in the offload mode and VAE tiling left to ``--memory`` for requests one load will run,
+    reading the free memory of their CUDA device (see :func:`cogvid.memory_plan.settle`)."""
+    from cogvid.devices import free_memory
+    from cogvid.memory_plan import settle
+
+    if not prepared:
+        return [], None
+    choice = prepared[0].request.model
+    device = resolve_device(choice.device)
+    undecided = choice.offload is None or any(p.request.vae_tiling is None for p in prepared)
+    free = free_memory(device) if undecided and choice.memory == "auto" else None
+    return settle(prepared, free, where=str(device))
+
+
 def _offload_mode(resolved: ResolvedModel, device: torch.device) -> tuple[str, str | None]:
     """The offload mode to load with, and a line saying what ``--memory`` picked (None if nothing was picked)."""
     from cogvid.devices import free_memory
@@ -353,4 +368,4 @@ def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> Non
     raise GenerationError(f"{what} hold NaN or infinite values", hint=f"likely causes: {causes}; nothing was written")
 
 
-__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model"]
+__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model", "settle_memory"]

@@ -42,8 +42,11 @@ def run_videos(request: GenerationRequest, options: CliOptions) -> None:
         show_dry_run([prepared], options.as_json)
         return
     check_output_folder(options.out)
-    from cogvid.pipeline import load
+    from cogvid.pipeline import load, settle_memory
 
+    (prepared,), note = settle_memory([prepared])
+    if note:
+        console.err.print(note, markup=False)
     renderer = console.ProgressRenderer()
     pipe = load(resolved=prepared.model, progress=renderer)
     if request.seed is None:
@@ -104,6 +107,7 @@ def show_dry_run(prepared: list[Any], as_json: bool) -> None:
         )
         for part in record["weights"]:
             console.out.print(f"  {part['part']:<12} {'found' if part['found'] else 'missing'}  {part['path']}", markup=False)
+        console.out.print(f"  memory: {record['memory']['summary']}", markup=False, highlight=False)
 
 
 @with_options(*GENERATION_OPTIONS)
