@@ -23,6 +23,7 @@ Offload modes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -420,6 +421,7 @@ def plans_of(prepared: Sequence[PreparedRequest], quantize: str | None = None) -
     if not prepared:
         raise UsageError("nothing to plan: no request")
 
+    @functools.lru_cache(maxsize=None)
     def plan(mode: str, tiling: bool) -> MemoryPlan:
         return max((plan_for(p, offload=mode, vae_tiling=tiling, quantize=quantize) for p in prepared), key=lambda p: p.peak)
 
@@ -429,7 +431,12 @@ def plans_of(prepared: Sequence[PreparedRequest], quantize: str | None = None) -
 def model_plans(model: ResolvedModel, **settings: Any) -> PlanFor:
     """Candidate plans for ``model``'s default video (``settings``: more :func:`estimate` arguments)."""
     choice = model.choice
-    return lambda mode, tiling: estimate(model, offload=mode, vae_tiling=tiling, dtype=choice.dtype, device=choice.device, **settings)
+
+    @functools.lru_cache(maxsize=None)
+    def plan(mode: str, tiling: bool) -> MemoryPlan:
+        return estimate(model, offload=mode, vae_tiling=tiling, dtype=choice.dtype, device=choice.device, **settings)
+
+    return plan
 
 
 def no_fit_error(result: MemoryFit, where: str = "the GPU") -> DeviceError:
@@ -492,7 +499,7 @@ def settle(prepared: Sequence[PreparedRequest], free_bytes: int | None = None, *
     choice = prepared[0].request.model
     offload = choice.offload
     tiling = prepared[0].request.vae_tiling if all(p.request.vae_tiling == prepared[0].request.vae_tiling for p in prepared) else None
-    budget = parse_budget(choice.memory)
+    budget = parse_budget(choice.memory) if plan_device(choice.device) == "cuda" else None  # a CPU run has no GPU to fit
     if budget is None and choice.memory == "auto" and plan_device(choice.device) == "cuda":
         budget = free_bytes
     note = None

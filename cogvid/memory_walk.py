@@ -254,17 +254,23 @@ def decode_bytes(vae: VAESize, chunks: list[tuple[int, str]], height: int, width
     def frames_bytes(rows: int, cols: int) -> int:
         return vae.out_channels * total_frames * rows * scale * cols * scale * item
 
+    regions: dict[tuple[int, int], tuple[int, int]] = {}
+
     def decode_region(rows: int, cols: int) -> int:
-        """Decode every chunk of one region; returns the bytes of its output (left alive)."""
-        walk = _VAEWalk(live, item, cache={})
-        output = 0
-        for latents, policy in chunks:
-            piece = _decoder_call(walk, vae, latents, rows, cols, policy)
-            if not output:
-                output = live.add(frames_bytes(rows, cols))
-            walk.free(piece)
-        live.sub(*walk.cache.values())  # the region's cache goes with it
-        return output
+        """Decode every chunk of one region (tiles of one size walk alike: walked once); returns the bytes
+        of its output, left alive."""
+        if (rows, cols) not in regions:
+            walk = _VAEWalk(Live(), item, cache={})
+            output = 0
+            for latents, policy in chunks:
+                piece = _decoder_call(walk, vae, latents, rows, cols, policy)
+                if not output:
+                    output = walk.live.add(frames_bytes(rows, cols))
+                walk.free(piece)
+            regions[(rows, cols)] = (walk.live.peak, output)  # the cache goes with the region
+        peak, output = regions[(rows, cols)]
+        live.peak = max(live.peak, live.now + peak)
+        return live.add(output)
 
     if tile is None:
         output = decode_region(height, width)
