@@ -155,8 +155,10 @@ class MemoryPlan:
 
 
 def gib(nbytes: int, digits: int = 1) -> str:
-    """Bytes as GiB text, e.g. ``25.9 GiB`` (``digits`` decimals)."""
-    return f"{nbytes / GIB:.{digits}f}" + ("" if digits > 1 else " GiB")
+    """Bytes as text: ``25.9 GiB`` (under 1 GiB: ``310 MiB``); ``digits`` > 1 gives a bare GiB number for tables."""
+    if digits > 1:
+        return f"{nbytes / GIB:.{digits}f}"
+    return f"{nbytes / GIB:.{digits}f} GiB" if nbytes >= GIB else f"{nbytes / MIB:.0f} MiB"
 
 
 def item_bytes(dtype: str) -> int:
@@ -290,16 +292,16 @@ def _host_ram(weights: dict[str, int], offload: str, device: str) -> int:
 
 
 def plan_for(prepared: PreparedRequest, *, offload: str | None = None, vae_tiling: bool | None = None,
-             quantize: str | None = None) -> MemoryPlan:
-    """The plan of a prepared request (its own offload and tiling unless given; None is ``none`` / off)."""
+             quantize: str | None = None, device: str | None = None) -> MemoryPlan:
+    """The plan of a prepared request (its own offload, tiling and device unless given; None is ``none`` / off)."""
     request = prepared.request
     choice = request.model
     return estimate(
         prepared.model, frames=request.frames, height=prepared.height, width=prepared.width,
         offload=offload or choice.offload or "none",
         vae_tiling=bool(vae_tiling if vae_tiling is not None else request.vae_tiling),
-        dtype=choice.dtype, device=choice.device, decode=request.decode, negative=bool(request.negative.strip()),
-        quantize=quantize,
+        dtype=choice.dtype, device=device or choice.device, decode=request.decode,
+        negative=bool(request.negative.strip()), quantize=quantize,
     )
 
 
@@ -449,21 +451,23 @@ def no_fit_error(result: MemoryFit, where: str = "the GPU") -> DeviceError:
     )
 
 
-def oom_explainer(prepared: PreparedRequest) -> Callable[[str], tuple[str, str]]:
+def oom_explainer(prepared: PreparedRequest, device: str | None = None) -> Callable[[str], tuple[str, str]]:
     """For an out-of-memory error in a stage: (the plan's estimate, the settings that shrink that stage)."""
 
     def explain(stage: str) -> tuple[str, str]:
-        current = plan_for(prepared).stage(stage)
+        current = plan_for(prepared, device=device).stage(stage)
         advice = []
-        if current is not None:
-            for mode, tiling in CANDIDATES:
-                other = plan_for(prepared, offload=mode, vae_tiling=tiling).stage(stage)
-                if other is not None and other.total < 0.9 * current.total and len(advice) < 2:
-                    advice.append(f"--offload {mode}{' --vae-tiling' if tiling else ''} (about {gib(other.total)})")
+        if current is not None:  # the fastest setting that cuts this stage by a quarter, and the most frugal one
+            smaller = [(plan, plan.stage(stage)) for plan in (plan_for(prepared, offload=mode, vae_tiling=tiling, device=device)
+                                                                for mode, tiling in CANDIDATES)]
+            smaller = [(plan, other) for plan, other in smaller if other is not None and other.total < 0.75 * current.total]
+            picks = [smaller[0], min(smaller, key=lambda item: item[1].total)] if smaller else []
+            for plan, other in picks[: 1 if len(picks) == 2 and picks[0] is picks[1] else 2]:
+                advice.append(f"{plan.settings} (about {gib(other.total)})")
         estimate = (f" (the memory plan estimated {gib(current.total)} for this stage: weights {gib(current.weights)}, "
                     f"activations {gib(current.activations)})") if current is not None else ""
-        tries = f"try {' or '.join(advice)}; " if advice else ""
-        return estimate, f"{tries}or a smaller --size / fewer --frames; `cogvid plan` shows every stage"
+        tries = f"try {' or '.join(advice)}, or " if advice else "use "
+        return estimate, f"{tries}a smaller --size / fewer --frames; `cogvid plan` shows every stage"
 
     return explain
 

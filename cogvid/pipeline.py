@@ -306,7 +306,7 @@ class VideoPipeline:
                     note = f"memory: {plan.settings} needs about {gib(plan.peak)} ({plan.peak_stage.name}), more than {gib(budget)}: decoding in tiles"
         settled = prepared.request.replace(model=request.model.replace(offload=engine.offload), vae_tiling=tiling)
         prepared = dataclasses.replace(prepared, request=settled)
-        engine.explain_memory = oom_explainer(prepared)
+        engine.explain_memory = oom_explainer(prepared, device=engine.device.type)
         return prepared, note
 
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
