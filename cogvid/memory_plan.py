@@ -16,8 +16,8 @@ Offload modes:
 * ``none``: T5, DiT and VAE stay on the GPU (the original SAT pipeline).
 * ``text``: as ``none``, but T5 leaves the GPU after encoding.
 * ``model``: each of T5, DiT and VAE is on the GPU only while it is used, from the load on.
-* ``blocks``: as ``model``, and the DiT's layers are streamed from pinned host memory, the next one
-  prefetched while the current one runs (two on the GPU at a time).
+* ``blocks``: as ``model``, and the layers of the DiT and of T5 are streamed from pinned host memory,
+  the next one prefetched while the current one runs (two on the GPU at a time).
 """
 
 from __future__ import annotations
@@ -229,7 +229,6 @@ def estimate(
         "vae": sizes.vae.total * item,
     }
     block_bytes = (dit.per_block - (dit.linear_per_block if quantize else 0)) * item + (dit.linear_per_block if quantize else 0)
-    dit_shared = dit.shared * item
 
     # Tensors that outlive their stage: the initial noise, the text conditioning, the image latents, the samples.
     latent_f32 = latent_frames * sizes.latent_channels * latent_h * latent_w * 4
@@ -249,14 +248,12 @@ def estimate(
     activations["decoding"] = 2 * latent_f32 + conditioning + image_latents + decode_bytes(
         sizes.vae, chunks, latent_h, latent_w, item=item, tile=TILE if vae_tiling else None, latent_bytes=latent_f32)
 
+    part_bytes = {**weights, "dit (shared)": dit.shared * item, "dit blocks": STREAMED_BLOCKS * block_bytes,
+                  "t5 (shared)": t5.shared * item, "t5 blocks": STREAMED_BLOCKS * t5.per_block * item}
     stages = []
     for name, activation in activations.items():
         parts = parts_on_device(offload, name) if device == "cuda" else ("t5", "dit", "vae")
-        resident = sum(weights[part] for part in parts if part in weights)
-        if "dit blocks" in parts:
-            resident += dit_shared + STREAMED_BLOCKS * block_bytes
-        elif "dit (shared)" in parts:
-            resident += dit_shared
+        resident = sum(part_bytes[part] for part in parts)
         workspace = CUDA_WORKSPACE if device == "cuda" else 0
         stages.append(StagePlan(name, parts, resident, activation, workspace))
     return MemoryPlan(
@@ -268,7 +265,8 @@ def estimate(
 
 def parts_on_device(offload: str, stage: str) -> tuple[str, ...]:
     """The parts an offload mode keeps on the device during a stage (``dit (shared)``: the DiT outside
-    its layers; ``dit blocks``: two of its layers at a time). :mod:`cogvid.offload` moves parts by this table."""
+    its layers; ``dit blocks``: two of its layers at a time; the same for T5). :mod:`cogvid.offload`
+    moves parts by this table."""
     if offload == "none" or (offload == "text" and stage == "text"):
         return ("t5", "dit", "vae")
     if offload == "text":
@@ -278,6 +276,8 @@ def parts_on_device(offload: str, stage: str) -> tuple[str, ...]:
         return (used,)
     if stage == "denoising":  # blocks
         return ("dit (shared)", "dit blocks")
+    if stage == "text":
+        return ("t5 (shared)", "t5 blocks", "dit (shared)")
     return (used, "dit (shared)")
 
 

@@ -29,7 +29,8 @@ Entry = tuple[nn.Module, str, bool]  # (owner module, attribute name, is a param
 
 
 def tensor_entries(module: nn.Module, skip: set[int] | None = None) -> list[Entry]:
-    """Every parameter and buffer of ``module`` as (owner, name, is_parameter), each owner-slot once."""
+    """Every parameter and buffer slot of ``module`` as (owner, name, is_parameter); a tensor held by two
+    slots (tied weights, e.g. T5's embedding) appears twice. Owners whose id is in ``skip`` are left out."""
     entries = []
     for owner in module.modules():
         if skip is not None and id(owner) in skip:
@@ -39,42 +40,41 @@ def tensor_entries(module: nn.Module, skip: set[int] | None = None) -> list[Entr
     return entries
 
 
-def _set(owner: nn.Module, name: str, is_parameter: bool, tensor: torch.Tensor) -> None:
-    if is_parameter:
-        owner._parameters[name] = nn.Parameter(tensor, requires_grad=False)
-    else:
-        owner._buffers[name] = tensor
-
-
 class HostCopy:
     """The host copy of some tensors of a model and the moves between host and device.
 
-    ``pin`` keeps the host copy in page-locked memory (CUDA only), which lets :meth:`to_device` copy
-    asynchronously. Created resident; call :meth:`to_host` to free the device.
+    Slots that hold one tensor (tied weights) share one host copy and one device copy. ``pin`` keeps the
+    host copy in page-locked memory (CUDA only), which lets :meth:`to_device` copy asynchronously.
+    Created as the tensors are; call :meth:`to_host` to free the device.
     """
 
     def __init__(self, entries: Sequence[Entry], device: torch.device, pin: bool = False) -> None:
         self.device = device
-        self.entries = list(entries)
-        self.host: list[torch.Tensor] = []
-        for owner, name, is_parameter in self.entries:
-            tensor = getattr(owner, name).detach()
-            host = tensor if tensor.device.type == "cpu" else tensor.to("cpu")
+        groups: dict[int, list[Entry]] = {}
+        tensors: dict[int, torch.Tensor] = {}
+        for owner, name, is_parameter in entries:
+            tensor = getattr(owner, name)
+            groups.setdefault(id(tensor), []).append((owner, name, is_parameter))
+            tensors[id(tensor)] = tensor
+        self.slots: list[tuple[list[Entry], torch.Tensor]] = []
+        for key, slots in groups.items():
+            host = tensors[key].detach()
+            host = host if host.device.type == "cpu" else host.to("cpu")
             if pin and not host.is_pinned():
                 try:
                     host = host.pin_memory()
                 except RuntimeError:  # no pinnable memory left: pageable memory works, only slower
                     pin = False
-            self.host.append(host)
-        self.on_device = all(getattr(owner, name).device == device for owner, name, _ in self.entries)
-        self.nbytes = sum(t.numel() * t.element_size() for t in self.host)
+            self.slots.append((slots, host))
+        self.on_device = all(tensors[key].device == device for key in groups)
+        self.nbytes = sum(host.numel() * host.element_size() for _, host in self.slots)
 
     def to_device(self, non_blocking: bool = False) -> None:
         """Copy the host tensors to the device (no-op when already there)."""
         if self.on_device:
             return
-        for (owner, name, is_parameter), host in zip(self.entries, self.host):
-            _set(owner, name, is_parameter, host.to(self.device, non_blocking=non_blocking))
+        for slots, host in self.slots:
+            self._set(slots, host.to(self.device, non_blocking=non_blocking))
         self.on_device = True
 
     def to_host(self, keep_alive_on: torch.cuda.Stream | None = None) -> None:
@@ -84,12 +84,22 @@ class HostCopy:
         """
         if not self.on_device:
             return
-        for owner, name, is_parameter in self.entries:
+        for slots, _ in self.slots:
+            owner, name, _ = slots[0]
             current = getattr(owner, name)
             if keep_alive_on is not None and current.device.type == "cuda":
                 current.record_stream(keep_alive_on)
-            _set(owner, name, is_parameter, torch.empty(current.shape, dtype=current.dtype, device="meta"))
+            self._set(slots, torch.empty(current.shape, dtype=current.dtype, device="meta"))
         self.on_device = False
+
+    @staticmethod
+    def _set(slots: list[Entry], tensor: torch.Tensor) -> None:
+        parameter = nn.Parameter(tensor, requires_grad=False) if any(is_param for _, _, is_param in slots) else None
+        for owner, name, is_parameter in slots:
+            if is_parameter:
+                owner._parameters[name] = parameter
+            else:
+                owner._buffers[name] = tensor
 
 
 def dit_blocks(network: nn.Module) -> tuple[list[list[Entry]], list[Entry]]:
@@ -112,41 +122,28 @@ def dit_blocks(network: nn.Module) -> tuple[list[list[Entry]], list[Entry]]:
 
 
 class BlockStreamer:
-    """Runs the DiT with its layers on the device one at a time (``blocks`` offload).
+    """Runs a stack of layers with one layer (plus the next, prefetched) on the device at a time.
 
-    Before layer ``i`` runs it is on the device (copied then, or prefetched while layer ``i - 1``
-    ran) and layer ``i + 1`` starts copying on a side CUDA stream; after it, layer ``i`` leaves.
-    At most two layers are on the device. On a CPU the same moves happen without a stream.
-    ``log`` (for tests) receives ("in"|"out", layer) for every move.
+    Before layer ``i`` runs it is on the device (copied then, or prefetched on a side CUDA stream while
+    layer ``i - 1`` ran) and layer ``i + 1`` starts copying; after it, layer ``i`` leaves. At most two
+    layers are on the device. On a CPU the same moves happen without a stream. ``log`` (for tests)
+    receives ("in"|"out", layer) for every move. :func:`stream_dit` and :func:`stream_t5` attach one.
     """
 
-    def __init__(self, network: nn.Module, device: torch.device, pin: bool, log: Callable[[str, int], None] | None = None) -> None:
-        blocks, _ = dit_blocks(network)
+    def __init__(self, blocks: Sequence[Sequence[Entry]], device: torch.device, pin: bool) -> None:
         self.device = device
         self.copies = [HostCopy(entries, device, pin=pin) for entries in blocks]
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.ready: dict[int, Any] = {}
-        self.log = log
+        self.log: Callable[[str, int], None] | None = None
         for copy in self.copies:
             copy.to_host()
-        hooks = network.hooks  # SAT's model-level hooks, copied into the transformer at every forward
-        inner = hooks["layer_forward"]
-
-        def layer_forward(*args: Any, layer_id: Any, **kwargs: Any) -> Any:
-            index = int(layer_id)
-            self.before(index)
-            try:
-                return inner(*args, layer_id=layer_id, **kwargs)
-            finally:
-                self.after(index)
-
-        hooks["layer_forward"] = layer_forward
-        network.register_forward_pre_hook(lambda module, args: self.before(0, prefetch=False))
 
     def _move_in(self, index: int, non_blocking: bool) -> None:
-        if not self.copies[index].on_device and self.log is not None:
-            self.log("in", index)
+        arriving = not self.copies[index].on_device
         self.copies[index].to_device(non_blocking=non_blocking)
+        if arriving and self.log is not None:
+            self.log("in", index)
 
     def before(self, index: int, prefetch: bool = True) -> None:
         """Layer ``index`` on the device now; the next one on its way."""
@@ -176,18 +173,54 @@ class BlockStreamer:
         return [index for index, copy in enumerate(self.copies) if copy.on_device]
 
 
+def stream_dit(network: nn.Module, device: torch.device, pin: bool) -> BlockStreamer:
+    """Stream the DiT's layers (:func:`dit_blocks`) through SAT's ``layer_forward`` hook; the shared rest
+    is left where it is."""
+    blocks, _ = dit_blocks(network)
+    streamer = BlockStreamer(blocks, device, pin)
+    hooks = network.hooks  # SAT's model-level hooks, copied into the transformer at every forward
+    inner = hooks["layer_forward"]
+
+    def layer_forward(*args: Any, layer_id: Any, **kwargs: Any) -> Any:
+        index = int(layer_id)
+        streamer.before(index)
+        try:
+            return inner(*args, layer_id=layer_id, **kwargs)
+        finally:
+            streamer.after(index)
+
+    hooks["layer_forward"] = layer_forward
+    network.register_forward_pre_hook(lambda module, args: streamer.before(0, prefetch=False))
+    return streamer
+
+
+def stream_t5(model: nn.Module, device: torch.device, pin: bool) -> tuple[BlockStreamer, list[Entry]]:
+    """Stream a T5 encoder's blocks with forward hooks; returns the streamer and the shared tensors
+    (embedding, final norm) for the caller to place."""
+    layers = model.encoder.block
+    blocks = [tensor_entries(layer) for layer in layers]
+    owners = {id(owner) for entries in blocks for owner, _, _ in entries}
+    streamer = BlockStreamer(blocks, device, pin)
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda module, args, index=index: streamer.before(index))
+        layer.register_forward_hook(lambda module, args, output, index=index: streamer.after(index))
+    model.register_forward_pre_hook(lambda module, args: streamer.before(0, prefetch=False))
+    return streamer, tensor_entries(model, skip=owners)
+
+
 class Placement:
     """Moves the parts of an engine between host and device as the stages of a video go by.
 
-    ``copies`` maps part names (``t5``, ``dit``, ``vae``) to the :class:`HostCopy` of each part that
-    the mode moves; parts not in it stay where they were loaded. ``streamer`` runs the DiT's layers
-    in the ``blocks`` mode. ``log`` (for tests) receives (stage, parts on the device) at each stage.
+    ``copies`` maps part names of :func:`cogvid.memory_plan.parts_on_device` (``t5``, ``dit``, ``vae``,
+    ``t5 (shared)``) to the :class:`HostCopy` of each part that the mode moves; parts not in it stay
+    where they were loaded. ``streamers`` run the layers of the DiT and T5 (``dit``, ``t5``) in the
+    ``blocks`` mode. ``log`` (for tests) receives (stage, parts on the device) at each stage.
     """
 
-    def __init__(self, mode: str, copies: dict[str, HostCopy] | None = None, streamer: BlockStreamer | None = None) -> None:
+    def __init__(self, mode: str, copies: dict[str, HostCopy] | None = None, streamers: dict[str, BlockStreamer] | None = None) -> None:
         self.mode = mode
         self.copies = copies or {}
-        self.streamer = streamer
+        self.streamers = streamers or {}
         self.log: Callable[[str, dict[str, bool]], None] | None = None
 
     def enter(self, stage: str) -> None:
@@ -211,33 +244,40 @@ def place(engine: Any, mode: str, *, pin: bool | None = None) -> Placement:
     """Set up ``mode`` on a loaded engine whose parts are on the host (or all on the device for ``none``).
 
     ``text``: the DiT and VAE go to the device for good, T5 only while encoding. ``model``: every part
-    only while used. ``blocks``: as ``model``, with the DiT's shared weights on the device for good
-    and its layers streamed.
+    only while used. ``blocks``: as ``model``, with the layers of the DiT and of T5 streamed; the DiT's
+    shared weights stay on the device, T5's come for the encoding.
     """
     device = engine.device
     pin = device.type == "cuda" if pin is None else pin
     if mode == "none":
         return Placement(mode)
-    t5_modules = [embedder.transformer for embedder in engine.conditioner.embedders if getattr(embedder, "transformer", None) is not None]
-    copies = {"t5": HostCopy([e for module in t5_modules for e in tensor_entries(module)], device, pin=pin)}
-    copies["t5"].to_host()
+    t5_models = [embedder.transformer for embedder in engine.conditioner.embedders if getattr(embedder, "transformer", None) is not None]
     for embedder in engine.conditioner.embedders:  # T5 encodes on the device; its weights come and go
         embedder._buffers["_anchor"] = embedder._anchor.to(device)
-    streamer = None
+    copies: dict[str, HostCopy] = {}
+    streamers: dict[str, BlockStreamer] = {}
+    if mode == "blocks":
+        shared = []
+        for model in t5_models:
+            streamers["t5"], entries = stream_t5(model, device, pin)
+            shared += entries
+        copies["t5 (shared)"] = HostCopy(shared, device, pin=pin)
+    else:
+        copies["t5"] = HostCopy([e for model in t5_models for e in tensor_entries(model)], device, pin=pin)
     if mode == "text":
         engine.network.to(device)
         engine.first_stage.to(device)
     else:
         copies["vae"] = HostCopy(tensor_entries(engine.first_stage), device, pin=pin)
-        copies["vae"].to_host()
         if mode == "model":
             copies["dit"] = HostCopy(tensor_entries(engine.network), device, pin=pin)
-            copies["dit"].to_host()
         else:
             _, shared = dit_blocks(engine.network)
             HostCopy(shared, device).to_device()
-            streamer = BlockStreamer(engine.network, device, pin=pin)
-    return Placement(mode, copies, streamer)
+            streamers["dit"] = stream_dit(engine.network, device, pin)
+    for copy in copies.values():
+        copy.to_host()
+    return Placement(mode, copies, streamers)
 
 
 @contextlib.contextmanager

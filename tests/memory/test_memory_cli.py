@@ -74,7 +74,7 @@ def test_dry_run_shows_the_memory_plan():
     record = json.loads(sized.stdout)
     assert record["memory"]["plan"]["offload"] == "blocks" and "12.0 GiB free" in record["memory"]["summary"]
     assert record["request"]["model"]["offload"] is None  # decided when it runs, recorded in the sidecar then
-    too_small = runner.invoke(app, ["t2v", "a cat", "-m", "cogvideox-5b", "--dry-run", "--memory", "4GB"])
+    too_small = runner.invoke(app, ["t2v", "a cat", "-m", "cogvideox1.5-5b", "--dry-run", "--memory", "4GB"])
     assert too_small.exit_code == 4 and "no plan fits in 4.0 GiB" in too_small.output
 
 

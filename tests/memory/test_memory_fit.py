@@ -40,7 +40,8 @@ def test_auto_picks_differently_for_12_24_48_80_gib():
 
 def test_five_b_picks_a_smaller_mode_as_memory_shrinks():
     prepared = _prepared("cogvideox-5b")
-    assert [_picked(prepared, free)[0] for free in (80, 24, 16, 12)] == ["none", "text", "model", "blocks"]
+    assert [_picked(prepared, free) for free in (80, 24, 16, 12, 5)] == [
+        ("none", False), ("text", False), ("model", False), ("blocks", False), ("blocks", True)]
 
 
 @pytest.mark.parametrize("name", RELEASED)
@@ -76,7 +77,7 @@ def test_explicit_settings_win():
 
 def test_nothing_fits_refuses_with_the_plan_and_a_hint():
     with pytest.raises(DeviceError) as error:
-        settle([_prepared("cogvideox-5b")], 6 * GIB)
+        settle([_prepared("cogvideox1.5-5b")], 6 * GIB)  # its denoising alone needs 7.6 GiB of activations and layers
     assert error.value.exit_code == 4
     assert "no plan fits in 6.0 GiB" in error.value.message
     assert "--offload blocks --vae-tiling" in error.value.message and "denoising" in error.value.message
@@ -119,3 +120,14 @@ def test_budgets_parse():
     with pytest.raises(UsageError, match="--memory"):
         ModelChoice(memory="lots")
     assert ModelChoice(memory="24GB").to_json()["memory"] == "24gb"
+
+
+def test_out_of_memory_advice_names_what_shrinks_the_stage():
+    from cogvid.memory_plan import oom_explainer
+
+    explain = oom_explainer(_prepared("cogvideox1.5-5b"))
+    estimate, hint = explain("decoding")
+    assert estimate.startswith(" (the memory plan estimated 49.8 GiB for this stage")
+    assert "--offload model (about 30.6 GiB)" in hint and "--vae-tiling" in hint  # fastest, then most frugal
+    assert "--offload blocks" in explain("denoising")[1]
+    assert explain("loading")[0] == ""  # no plan for the load: the hint alone

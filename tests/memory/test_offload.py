@@ -43,13 +43,9 @@ def _where(engine) -> dict[str, bool | None]:
 
 def _expected(mode: str, stage: str, layers: int) -> dict[str, object]:
     on = parts_on_device(mode, stage)
-    blocks = mode == "blocks"
-    return {
-        "t5": "t5" in on,
-        "dit": ("dit" in on) if not blocks else None,  # blocks: shared weights stay, layers come and go
-        "dit layers": [("dit" in on) if not blocks else False] * layers,
-        "vae": "vae" in on,
-    }
+    if mode == "blocks":  # shared weights on the device (T5's only while encoding), layers streamed: none yet
+        return {"t5": None if "t5 (shared)" in on else False, "dit": None, "dit layers": [False] * layers, "vae": "vae" in on}
+    return {"t5": "t5" in on, "dit": "dit" in on, "dit layers": ["dit" in on] * layers, "vae": "vae" in on}
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +58,11 @@ def runs():
         engine = pipe.engine
         seen: list[tuple[str, dict]] = []
         engine.placement.log = lambda stage, _, engine=engine, seen=seen: seen.append((stage, _where(engine)))
-        during: list[list[int]] = []
-        if engine.placement.streamer is not None:
-            streamer = engine.placement.streamer
-            streamer.log = lambda move, index, streamer=streamer, during=during: during.append(
-                [i for i, layer in enumerate(engine.network.transformer.layers) if _resident(layer)])
+        during: dict[str, list[list[int]]] = {"dit": [], "t5": []}
+        for name, streamer in engine.placement.streamers.items():  # blocks: T5 is loaded (on the host) already
+            stacks = {"dit": engine.network.transformer.layers, "t5": engine.conditioner.embedders[0].transformer.encoder.block}
+            streamer.log = lambda move, index, name=name, stacks=stacks: during[name].append(
+                [i for i, layer in enumerate(stacks[name]) if _resident(layer)])
         video = pipe.generate("a red ball", steps=2, seed=3, num_frames=9)
         second = pipe.generate("a blue cube", steps=1, seed=4, num_frames=9)  # parts come back for the next video
         results[mode] = (pipe, video, second, seen, during)
@@ -92,13 +88,14 @@ def test_each_part_is_on_the_device_only_in_its_stages(runs, mode):
         assert where == _expected(mode, stage, layers), (stage, where)
 
 
-def test_blocks_streams_at_most_two_layers(runs):
+@pytest.mark.parametrize("stack", ["dit", "t5"])
+def test_blocks_streams_at_most_two_layers(runs, stack):
     pipe, _, _, _, during = runs["blocks"]
-    layers = len(pipe.engine.network.transformer.layers)
-    assert during, "the streamer moved nothing"
-    assert max(len(resident) for resident in during) <= 2
-    assert {i for resident in during for i in resident} == set(range(layers))  # every layer came to the device
-    assert all(not layer for layer in _where(pipe.engine)["dit layers"])  # and left after the last step
+    layers = {"dit": pipe.engine.network.transformer.layers, "t5": pipe.engine.conditioner.embedders[0].transformer.encoder.block}[stack]
+    assert during[stack], "the streamer moved nothing"
+    assert max(len(resident) for resident in during[stack]) <= 2
+    assert {i for resident in during[stack] for i in resident} == set(range(len(layers)))  # every layer came
+    assert not any(_resident(layer) for layer in layers)  # and left after the last use
 
 
 def test_model_offload_keeps_nothing_on_the_device_after_loading():
