@@ -85,6 +85,12 @@ def test_offload_runs_and_is_recorded(tmp_path):
     sidecar = json.loads(Path(json.loads(result.stdout)["sidecar"]).read_text())
     assert sidecar["request"]["model"]["offload"] == "blocks" and sidecar["vae_tiling"] is False
     assert sidecar["request"]["vae_tiling"] is False  # a replay decodes the same way
+    from cogvid.sidecar import replay_request
+
+    sidecar_path = json.loads(result.stdout)["sidecar"]
+    replay = replay_request(sidecar_path)
+    assert replay.model.offload is None and replay.vae_tiling is False  # the offload mode is this machine's choice again
+    assert replay_request(sidecar_path, model_changes={"offload": "model"}).model.offload == "model"
 
 
 def test_out_of_memory_exits_4_with_the_stage_the_estimate_and_what_to_try(tmp_path, monkeypatch):
