@@ -490,21 +490,24 @@ def parse_budget(memory: str) -> int | None:
     return int(value * GIB)
 
 
-def settle(prepared: Sequence[PreparedRequest], free_bytes: int | None = None, *, where: str = "") -> tuple[list[PreparedRequest], str | None]:
+def settle(prepared: Sequence[PreparedRequest], free_bytes: int | None = None, *, where: str = "",
+           device: str | None = None) -> tuple[list[PreparedRequest], str | None]:
     """Fill the ``auto`` offload mode and VAE tiling of prepared requests (one load runs them all).
 
     The budget is ``--memory``'s size, else ``free_bytes`` (the free memory of the CUDA device, None
-    on a CPU run or with ``--memory off``). Settings given explicitly are kept. Returns the requests
-    and a line saying what was picked (None when there was nothing to decide); raises DeviceError
-    (exit 4) with the plan when nothing fits.
+    on a CPU run or with ``--memory off``). ``device``: the device the run resolved to (default: the
+    request's, ``auto`` counting as a GPU); a CPU run has no GPU memory to fit. Settings given
+    explicitly are kept. Returns the requests and a line saying what was picked (None when there
+    was nothing to decide); raises DeviceError (exit 4) with the plan when nothing fits.
     """
     if not prepared:
         return [], None
     choice = prepared[0].request.model
     offload = choice.offload
     tiling = prepared[0].request.vae_tiling if all(p.request.vae_tiling == prepared[0].request.vae_tiling for p in prepared) else None
-    budget = parse_budget(choice.memory) if plan_device(choice.device) == "cuda" else None  # a CPU run has no GPU to fit
-    if budget is None and choice.memory == "auto" and plan_device(choice.device) == "cuda":
+    on_gpu = plan_device(device or choice.device) == "cuda"
+    budget = parse_budget(choice.memory) if on_gpu else None
+    if budget is None and choice.memory == "auto" and on_gpu:
         budget = free_bytes
     note = None
     if budget is None:

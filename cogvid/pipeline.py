@@ -147,7 +147,7 @@ def settle_memory(prepared: Sequence[PreparedRequest]) -> tuple[list[PreparedReq
     device = resolve_device(choice.device)
     undecided = choice.offload is None or any(p.request.vae_tiling is None for p in prepared)
     free = free_memory(device) if undecided and choice.memory == "auto" else None
-    return settle(prepared, free, where=str(device))
+    return settle(prepared, free, where=str(device), device=str(device))
 
 
 def _offload_mode(resolved: ResolvedModel, device: torch.device) -> tuple[str, str | None]:
