@@ -516,7 +516,8 @@ def settle(prepared: Sequence[PreparedRequest], free_bytes: int | None = None, *
         picked_offload, picked_tiling = offload, tiling
         worst = max((plan_for(p) for p in prepared), key=lambda plan: plan.peak)
         if worst.peak > usable_bytes(budget):
-            note = f"memory: {gib(budget)} free, but {worst.settings} needs about {gib(worst.peak)} ({worst.peak_stage.name}); running as asked"
+            note = (f"memory: {gib(budget)} free, but {worst.settings} needs about {gib(worst.peak)} "
+                    f"({worst.peak_stage.name}); running as asked")
     else:
         result = fit(plans_of(prepared), budget, offload=offload, vae_tiling=tiling)
         if result.plan is None:
@@ -534,6 +535,7 @@ def _with_settings(prepared: PreparedRequest, offload: str, vae_tiling: bool | N
 
 
 __all__ = [
-    "CANDIDATES", "GIB", "OFFLOAD_MODES", "MemoryFit", "MemoryPlan", "ModelSizes", "StagePlan", "estimate", "fit", "model_plans", "plans_of",
-    "dry_run_memory", "gib", "no_fit_error", "oom_explainer", "parse_budget", "parts_on_device", "plan_for", "plan_report", "plans_table", "settle", "usable_bytes",
+    "CANDIDATES", "GIB", "OFFLOAD_MODES", "MemoryFit", "MemoryPlan", "ModelSizes", "StagePlan", "dry_run_memory", "estimate",
+    "fit", "gib", "model_plans", "no_fit_error", "oom_explainer", "parse_budget", "parts_on_device", "plan_for", "plan_report",
+    "plans_of", "plans_table", "settle", "usable_bytes",
 ]

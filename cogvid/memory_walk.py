@@ -173,7 +173,8 @@ class _VAEWalk:
         self.free(flat)
         return out
 
-    def upsample(self, x: _T, channels: int, shape: tuple[int, int, int], compress_time: bool, first_frame: bool) -> tuple[_T, tuple[int, int, int]]:
+    def upsample(self, x: _T, channels: int, shape: tuple[int, int, int], compress_time: bool,
+                 first_frame: bool) -> tuple[_T, tuple[int, int, int]]:
         frames, height, width = shape
         pieces: list[_T] = []
         if compress_time and frames > 1:

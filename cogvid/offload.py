@@ -289,7 +289,8 @@ def out_of_memory(stage: str, device: torch.device, explain: Callable[[str], tup
     try:
         yield
     except torch.cuda.OutOfMemoryError as e:
-        estimate, hint = explain(stage) if explain is not None else ("", "use --offload model or --offload blocks, --vae-tiling, or a smaller --size / fewer --frames")
+        default = "use --offload model or --offload blocks, --vae-tiling, or a smaller --size / fewer --frames"
+        estimate, hint = explain(stage) if explain is not None else ("", default)
         raise DeviceError(f"out of memory on {device} while {_STAGE_WORDS.get(stage, stage)}{estimate}", hint=hint) from e
 
 

@@ -303,7 +303,8 @@ class VideoPipeline:
                 plan = plan_for(prepared, offload=engine.offload, vae_tiling=False)
                 tiling = plan.peak > usable_bytes(budget)
                 if tiling:
-                    note = f"memory: {plan.settings} needs about {gib(plan.peak)} ({plan.peak_stage.name}), more than {gib(budget)}: decoding in tiles"
+                    note = (f"memory: {plan.settings} needs about {gib(plan.peak)} ({plan.peak_stage.name}), "
+                            f"more than {gib(budget)}: decoding in tiles")
         settled = prepared.request.replace(model=request.model.replace(offload=engine.offload), vae_tiling=tiling)
         prepared = dataclasses.replace(prepared, request=settled)
         engine.explain_memory = oom_explainer(prepared, device=engine.device.type)
