@@ -13,7 +13,8 @@ workspace term (cuBLAS/cuDNN scratch) is a fixed allowance until a GPU run measu
 
 Offload modes:
 
-* ``none``: T5, DiT and VAE stay on the GPU (the original SAT pipeline).
+* ``none``: T5, DiT and VAE stay on the GPU (as the original SAT ``sample_video.py`` of CogVideoX 1.5
+  keeps them; its 1.0 version moved the engine to the CPU before the VAE decode).
 * ``text``: as ``none``, but T5 leaves the GPU after encoding.
 * ``model``: each of T5, DiT and VAE is on the GPU only while it is used, from the load on.
 * ``blocks``: as ``model``, and the layers of the DiT and of T5 are streamed from pinned host memory,
