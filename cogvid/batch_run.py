@@ -210,6 +210,13 @@ def _make_all(plan: BatchPlan, run: BatchRun, pending: list[Unit]) -> None:
 
         pipe = None  # the previous model is freed before the next one loads
         choice = plan.model.choice.replace(loras=loras, device=rank_device(plan.model.choice.device, local_rank, world_size))
+        if choice.offload is None:  # --memory picks the offload mode that fits this group's largest video
+            from cogvid.pipeline import settle_memory
+
+            settled, note = settle_memory([dataclasses.replace(u.prepared, request=u.prepared.request.replace(model=choice)) for u in units])
+            choice = choice.replace(offload=settled[0].request.model.offload)
+            if note:
+                run.observer.notice(note)
         try:
             pipe = load(resolved=dataclasses.replace(plan.model, choice=choice), progress=run.observer.progress,
                         text_encoder=plan.lead or not plan.split)  # in a split, rank 0 encodes for everyone

@@ -74,3 +74,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, model_dtype: str, device: tor
     if dtype is None or dtype == "auto":
         return torch_dtype(model_dtype) if device.type != "cpu" else torch.float32
     return torch_dtype(dtype)
+
+
+def free_memory(device: str | torch.device, *, own: bool = False) -> int | None:
+    """Free bytes on a CUDA device (``own``: plus what this process's allocator already holds there),
+    or None for any other device."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free) + (int(torch.cuda.memory_reserved(device)) if own else 0)

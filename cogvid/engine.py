@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cogvid.config import instantiate
-from cogvid.errors import DeviceError, MissingFileError, UsageError
+from cogvid.errors import MissingFileError, UsageError
 from cogvid.lora import apply_loras_, check_fit, load_loras
+from cogvid.offload import Placement, out_of_memory, place
 from cogvid.registry import WeightPaths
 from cogvid.request import LoraSpec
 from cogvid.spec import Generation, ModelSpec
@@ -68,8 +69,14 @@ class VideoDiffusionEngine(nn.Module):
         self.scale_factor = float(cfg.model.scale_factor)
         self.device = device
         self.dtype = dtype
-        self.offload = False
+        self.placement = Placement("none")  # which part is on the device in each stage (see cogvid.offload)
+        self.explain_memory: Callable[[str], tuple[str, str]] | None = None  # the memory plan's words for an OOM
         self.loras: tuple[LoraSpec, ...] = ()  # merged into the DiT weights by from_config
+
+    @property
+    def offload(self) -> str:
+        """The offload mode: none, text, model or blocks (see :mod:`cogvid.memory_plan`)."""
+        return self.placement.mode
 
     # ------------------------------------------------------------------ building
 
@@ -86,12 +93,15 @@ class VideoDiffusionEngine(nn.Module):
         progress: Callable[[str], None] | None = None,
         lora: Sequence[LoraSpec] = (),
         text_encoder: bool = True,
+        offload: str = "none",
     ) -> VideoDiffusionEngine:
         """Build every part from ``cfg`` and read the weights at ``paths`` (checked first).
 
         ``lora``: SAT LoRA checkpoints merged into the DiT's attention weights right after loading
         (each with its scale; see :mod:`cogvid.lora`). ``text_encoder=False`` leaves the T5 out (a
         process that receives its conditioning from another, :mod:`cogvid.parallel.runtime`).
+        ``offload`` other than ``none`` reads every part
+        into host memory and moves it to ``device`` only as its mode says (:func:`cogvid.offload.place`).
         """
         from cogvid.dit import load_dit
 
@@ -107,15 +117,16 @@ class VideoDiffusionEngine(nn.Module):
         loras = load_loras(lora)  # bad or mismatched LoRAs fail before the big checkpoint is read
         net_params = cfg.model.network_config.params
         check_fit([weights for weights, _ in loras], int(net_params.hidden_size), int(net_params.num_layers), model_label)
-        try:
+        host = device if offload == "none" else torch.device("cpu")
+        with out_of_memory("loading", device):
             report("transformer")
-            network = load_dit(cfg.model.network_config, paths.transformer, dtype=dtype, device=device)
+            network = load_dit(cfg.model.network_config, paths.transformer, dtype=dtype, device=host)
             if loras:
                 report("lora")
                 apply_loras_(network, loras)
             report("vae")
             first_stage_node = OmegaConf.merge(cfg.model.first_stage_config, {"params": {"ckpt_path": str(paths.vae)}})
-            first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=device, dtype=dtype).eval()
+            first_stage = instantiate(first_stage_node, generation=spec.generation).to(device=host, dtype=dtype).eval()
             conditioner = None
             if text_encoder:
                 report("text encoder")
@@ -124,13 +135,12 @@ class VideoDiffusionEngine(nn.Module):
                 if paths.tokenizer is not None:  # diffusers layout: tokenizer/ beside text_encoder/
                     emb_models[0]["params"]["tokenizer_dir"] = str(paths.tokenizer)
                 conditioner_node = OmegaConf.create({"target": cfg.model.conditioner_config.target, "params": {"emb_models": emb_models}})
-                conditioner = instantiate(conditioner_node).to(device=device, dtype=dtype).eval()
-        except torch.cuda.OutOfMemoryError as e:
-            raise DeviceError(
-                f"out of memory on {device} while loading {model_label}",
-                hint="free GPU memory, use --offload, or a smaller model",
-            ) from e
-        engine = cls(cfg, spec, network=network, conditioner=conditioner, first_stage=first_stage, device=device, dtype=dtype)
+                conditioner = instantiate(conditioner_node).to(device=host, dtype=dtype).eval()
+            engine = cls(cfg, spec, network=network, conditioner=conditioner, first_stage=first_stage, device=device, dtype=dtype)
+            if offload != "none":
+                if conditioner is not None:
+                    conditioner.load()  # T5 is read into host memory now, not onto the device at the first prompt
+                engine.placement = place(engine, offload)
         engine.loras = tuple(lora)
         return engine
 
@@ -142,14 +152,13 @@ class VideoDiffusionEngine(nn.Module):
         if self.conditioner is None:
             raise RuntimeError("this engine was loaded without its text encoder (text_encoder=False)")
         batch_c = {"txt": [prompt]}
-        if negative_prompt:
-            cond = self.conditioner({"txt": [prompt]})
-            uncond = self.conditioner({"txt": [negative_prompt]})
-        else:
-            cond, uncond = self.conditioner.get_unconditional_conditioning(batch_c, {"txt": [""]}, ["txt"])
-        if self.offload:
-            for embedder in self.conditioner.embedders:
-                embedder.offload()
+        with out_of_memory("text", self.device, self.explain_memory):
+            self.placement.enter("text")
+            if negative_prompt:
+                cond = self.conditioner({"txt": [prompt]})
+                uncond = self.conditioner({"txt": [negative_prompt]})
+            else:
+                cond, uncond = self.conditioner.get_unconditional_conditioning(batch_c, {"txt": [""]}, ["txt"])
         return cond, uncond
 
     @torch.no_grad()
@@ -158,7 +167,9 @@ class VideoDiffusionEngine(nn.Module):
 
         1.0 keeps ``VAE sample x scale_factor``; 1.5 divides by scale_factor again (the raw sample), as the originals do.
         """
-        latent = self.first_stage.encode(image.to(self.device, self.dtype), generator=generator)  # (1, 16, 1, h, w)
+        with out_of_memory("image", self.device, self.explain_memory):
+            self.placement.enter("image")
+            latent = self.first_stage.encode(image.to(self.device, self.dtype), generator=generator)  # (1, 16, 1, h, w)
         latent = latent * self.scale_factor
         if self.spec.generation is Generation.V1_5:
             latent = latent / self.scale_factor
@@ -205,13 +216,9 @@ class VideoDiffusionEngine(nn.Module):
         ofs = None
         if getattr(self.network, "ofs_embed_dim", None):
             ofs = torch.tensor([OFS_VALUE], device=self.device, dtype=torch.float32)
-        try:
+        with out_of_memory("denoising", self.device, self.explain_memory):
+            self.placement.enter("denoising")
             return sampler(denoiser or self.denoise, x, cond, uc=uncond, ofs=ofs, generator=generator, callback=callback)
-        except torch.cuda.OutOfMemoryError as e:
-            raise DeviceError(
-                f"out of memory on {self.device} while denoising",
-                hint="use a smaller size or fewer frames, --offload, or a GPU with more memory",
-            ) from e
 
     @torch.no_grad()
     def decode(
@@ -238,23 +245,13 @@ class VideoDiffusionEngine(nn.Module):
         z = latents.to(device=self.device, dtype=self.dtype)
         z = z.permute(0, 2, 1, 3, 4).contiguous()  # (B, T, C, h, w) -> (B, C, T, h, w)
         z = (1.0 / self.scale_factor) * z
-        if self.offload and self.device.type == "cuda":
-            self.network.to("cpu")
-            torch.cuda.empty_cache()
-        try:
+        with out_of_memory("decoding", self.device, self.explain_memory):
+            self.placement.enter("decoding")
             if group is not None and not tiling:
                 from cogvid.vae.parallel import decode_parallel
 
                 frames = decode_parallel(self.first_stage, z, schedule=schedule, group=group, callback=callback)
             else:
                 frames = self.first_stage.decode(z, schedule=schedule, tiling=tiling, callback=callback)
-        except torch.cuda.OutOfMemoryError as e:
-            raise DeviceError(
-                f"out of memory on {self.device} while decoding",
-                hint="use --vae-tiling or --offload",
-            ) from e
-        finally:
-            if self.offload and self.device.type == "cuda":
-                self.network.to(self.device)
         return frames.float().permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W) -> (B, F, 3, H, W)
 

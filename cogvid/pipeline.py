@@ -35,7 +35,8 @@ class ProgressEvent:
 
     ``kind`` is ``"stage"`` (``stage`` starts), ``"stage_done"`` (with ``seconds``), ``"step"``
     (``index`` of ``total`` denoising steps done, at DDPM ``timestep`` or noise level ``sigma``,
-    whichever the sampler walks) or ``"decode"`` (``index`` of ``total`` VAE chunks done).
+    whichever the sampler walks), ``"decode"`` (``index`` of ``total`` VAE chunks done) or ``"note"``
+    (a ``message`` to show, e.g. the offload mode ``--memory auto`` picked).
     """
 
     kind: str
@@ -45,6 +46,7 @@ class ProgressEvent:
     timestep: int | None = None
     sigma: float | None = None
     seconds: float | None = None
+    message: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -92,7 +94,8 @@ def load(
     lora: Sequence[str | Path | LoraSpec] = (),
     progress: ProgressCallback | None = None,
     *,
-    offload: bool = False,
+    offload: str | bool | None = None,
+    memory: str = "auto",
     compile: bool = False,
     quantize: str | None = None,
     quantize_text: bool = False,
@@ -106,22 +109,25 @@ def load(
     weights root for registry models. ``device="auto"`` picks CUDA when present; ``dtype``
     defaults to the model's (fp16/bf16) on GPU and float32 on CPU. ``lora``: SAT LoRA checkpoint
     folders as ``"PATH"``/``"PATH:SCALE"`` strings or :class:`~cogvid.request.LoraSpec`, merged into
-    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``resolved`` (from
-    :func:`cogvid.prepare.resolve_model`) replaces the model, weights, configs and overrides; device, dtype,
-    lora and offload given beside it apply to it. Speed (all off by default, see
+    the DiT at load time (scale multiplies SAT's ``lora_alpha / r``). ``offload`` (``none``, ``text``,
+    ``model``, ``blocks``; True is ``model``) says how the parts share the GPU; None lets ``memory``
+    decide: ``auto`` fits the model's default video into the free memory of the CUDA device, a size
+    (``"24GiB"``) into that, ``off`` keeps everything on it (see :mod:`cogvid.memory_plan`).
+    ``resolved`` (from :func:`cogvid.prepare.resolve_model`) replaces the model, weights, configs and
+    overrides; the other arguments, given beside it, apply to it. Speed (all off by default, see
     :mod:`cogvid.speed`): ``compile`` compiles the DiT blocks with torch.compile, ``quantize``
     (``int8wo``, ``int8dq``, ``fp8wo``, ``fp8dq``) quantizes the DiT's linear layers with torchao (and T5's
     with ``quantize_text``), ``attention`` picks the kernel (``sdpa``, ``flash``, ``sage``, ``auto``).
     ``text_encoder=False`` skips the T5 (a torchrun rank that is not rank 0 of a split ``--parallel`` run: rank 0 encodes).
     """
     if resolved is None:
-        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload,
+        choice = ModelChoice(model, weights, tuple(configs), tuple(overrides), tuple(lora), device, dtype, offload, memory,
                              compile=compile, quantize=quantize, quantize_text=quantize_text, attention=attention)
         resolved = resolve_model(choice)
     else:  # how to load may still be given beside a resolved model (what to load may not)
-        given = {"device": device, "dtype": dtype, "loras": tuple(lora), "offload": offload, "compile": compile,
-                 "quantize": quantize, "quantize_text": quantize_text, "attention": attention}
-        defaults = {"device": "auto", "dtype": None, "loras": (), "offload": False, "compile": False,
+        given = {"device": device, "dtype": dtype, "loras": tuple(lora), "offload": offload, "memory": memory,
+                 "compile": compile, "quantize": quantize, "quantize_text": quantize_text, "attention": attention}
+        defaults = {"device": "auto", "dtype": None, "loras": (), "offload": None, "memory": "auto", "compile": False,
                     "quantize": None, "quantize_text": False, "attention": "sdpa"}
         changes = {key: value for key, value in given.items() if value != defaults[key]}
         if changes:
@@ -136,15 +142,52 @@ def load(
     report = progress or (lambda event: None)
     started = time.perf_counter()
     report(ProgressEvent("stage", "loading"))
+    mode, note = _offload_mode(resolved, run_device)
+    if note:
+        report(ProgressEvent("note", "loading", message=note))
     engine = VideoDiffusionEngine.from_config(
         resolved.cfg, resolved.spec, resolved.paths, device=run_device, dtype=run_dtype, model_label=resolved.name,
-        lora=choice.loras, text_encoder=text_encoder,
+        lora=choice.loras, text_encoder=text_encoder, offload=mode,
     )
-    engine.offload = choice.offload
+    resolved = dataclasses.replace(resolved, choice=choice.replace(offload=mode))
     engine.speed = speed.apply(engine, choice, kernel)
     seconds = time.perf_counter() - started
     report(ProgressEvent("stage_done", "loading", seconds=seconds))
     return VideoPipeline(engine, resolved, load_seconds=seconds)
+
+
+def settle_memory(prepared: Sequence[PreparedRequest]) -> tuple[list[PreparedRequest], str | None]:
+    """Fill in the offload mode and VAE tiling left to ``--memory`` for requests one load will run,
+    reading the free memory of their CUDA device (see :func:`cogvid.memory_plan.settle`)."""
+    from cogvid.devices import free_memory
+    from cogvid.memory_plan import settle
+
+    if not prepared:
+        return [], None
+    choice = prepared[0].request.model
+    device = resolve_device(choice.device)
+    undecided = choice.offload is None or any(p.request.vae_tiling is None for p in prepared)
+    free = free_memory(device) if undecided and choice.memory == "auto" else None
+    return settle(prepared, free, where=str(device), device=str(device))
+
+
+def _offload_mode(resolved: ResolvedModel, device: torch.device) -> tuple[str, str | None]:
+    """The offload mode to load with, and a line saying what ``--memory`` picked (None if nothing was picked)."""
+    from cogvid.devices import free_memory
+    from cogvid.memory_plan import fit, model_plans, no_fit_error, parse_budget
+
+    choice = resolved.choice
+    if choice.offload is not None:
+        return choice.offload, None
+    budget = parse_budget(choice.memory)
+    if budget is None and choice.memory == "auto":
+        budget = free_memory(device)
+    if budget is None or device.type != "cuda":
+        return "none", None
+    result = fit(model_plans(resolved), budget)
+    if result.plan is None:
+        raise no_fit_error(result, str(device))
+    return result.plan.offload, result.message(str(device))
 
 
 class VideoPipeline:
@@ -187,12 +230,13 @@ class VideoPipeline:
         latents: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
         decode: str = "original",
-        vae_tiling: bool = False,
+        vae_tiling: bool | None = None,
         cache: str | None = None,
     ) -> Video:
         """Generate one video. ``image`` is a path or a PIL image; ``latents`` (B, T, C, h, w) replaces the
         initial noise; ``callback`` receives ProgressEvents and may raise :class:`cogvid.Cancelled` to stop
         between steps. ``decode="diffusers"`` decodes 1.5 videos as diffusers does (81 frames for 81).
+        ``vae_tiling`` None tiles the decode only when the memory plan says it would not fit otherwise.
         ``cache`` is a step cache, ``"teacache"`` or ``"fbcache"`` with an optional ``":THRESHOLD"``."""
         from PIL import Image
 
@@ -214,6 +258,9 @@ class VideoPipeline:
     ) -> Video:
         """Make the video of a prepared request (its first, for ``num_videos`` > 1: see ``prepared.videos()``)."""
         report = callback or (lambda event: None)
+        prepared, note = self._settled(prepared)
+        if note:
+            report(ProgressEvent("note", "decoding", message=note))
         runtime = self._runtime(prepared)
         if runtime is not None:
             prepared = _agreed(prepared, runtime)
@@ -310,6 +357,30 @@ class VideoPipeline:
         coefficients = teacache_coefficients(self.resolved)[0] if prepared.request.cache.startswith("teacache") else None
         return make_cache(prepared.request.cache, prepared.sampler.steps, coefficients)
 
+    def _settled(self, prepared: PreparedRequest) -> tuple[PreparedRequest, str | None]:
+        """The request as it runs on this engine: its offload mode, and VAE tiling when it was left to
+        ``--memory`` (on only if the decode would not fit otherwise). Also arms the out-of-memory advice."""
+        from cogvid.devices import free_memory
+        from cogvid.memory_plan import gib, oom_explainer, parse_budget, plan_for, usable_bytes
+
+        engine, request = self.engine, prepared.request
+        note, tiling = None, request.vae_tiling
+        if tiling is None:
+            tiling = False
+            budget = parse_budget(request.model.memory)
+            if budget is None and request.model.memory == "auto":
+                budget = free_memory(engine.device, own=True)
+            if budget is not None and engine.device.type == "cuda":
+                plan = plan_for(prepared, offload=engine.offload, vae_tiling=False)
+                tiling = plan.peak > usable_bytes(budget)
+                if tiling:
+                    note = (f"memory: {plan.settings} needs about {gib(plan.peak)} ({plan.peak_stage.name}), "
+                            f"more than {gib(budget)}: decoding in tiles")
+        settled = prepared.request.replace(model=request.model.replace(offload=engine.offload), vae_tiling=tiling)
+        prepared = dataclasses.replace(prepared, request=settled)
+        engine.explain_memory = oom_explainer(prepared, device=engine.device.type)
+        return prepared, note
+
     def _initial_noise(self, prepared: PreparedRequest, latents: torch.Tensor | None) -> torch.Tensor:
         shape = prepared.latent_shape
         if latents is None:
@@ -398,4 +469,4 @@ def _require_finite(tensor: torch.Tensor, what: str, given_latents: bool) -> Non
     raise GenerationError(f"{what} hold NaN or infinite values", hint=f"likely causes: {causes}; nothing was written")
 
 
-__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model"]
+__all__ = ["Cancelled", "ProgressEvent", "ResolvedModel", "Video", "VideoPipeline", "load", "resolve_model", "settle_memory"]

@@ -224,13 +224,15 @@ class PreparedRequest:
         return (1, self.latent_frames, self.spec.latent_channels, h, w)
 
     def describe(self) -> dict[str, Any]:
-        """What ``--dry-run`` reports: the model, the resolved request, the pixel size and the weights' status."""
+        """What ``--dry-run`` reports: the model, the resolved request, the pixel size, the weights' status, the
+        split over processes, the speed options and the memory plan."""
+        from cogvid.memory_plan import dry_run_memory
         from cogvid.speed.options import describe as describe_speed
 
         statuses = [{"part": s.part, "path": str(s.path), "found": s.found} for s in self.model.paths.statuses()]
         return {"model": self.model.name, "request": self.request.to_json(), "height": self.height, "width": self.width,
                 "latent_frames": self.latent_frames, "parallel": self.parallel.describe(), "weights": statuses,
-                "speed": describe_speed(self.request.model, self.request.cache)}
+                "speed": describe_speed(self.request.model, self.request.cache), "memory": dry_run_memory(self)}
 
     def videos(self) -> list[PreparedRequest]:
         """One prepared request per video: seeds ``seed``, ``seed + 1``, ... and ``num_videos`` 1."""

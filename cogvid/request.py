@@ -183,11 +183,14 @@ class ModelChoice:
 
     ``name`` is a registry name (None: the default model, unless ``configs`` name original-style YAMLs);
     ``weights`` the weights root; ``configs``/``overrides`` extra YAML and ``--set`` values; ``loras`` are
-    merged into the DiT at load time; ``device``/``dtype``/``offload`` decide where it runs; ``parallel``
-    how the processes of a ``torchrun`` world share the work (:mod:`cogvid.parallel`; same video either way).
-    ``compile`` (torch.compile of the DiT blocks), ``quantize`` (a torchao mode for the DiT's linear
-    layers, and T5's with ``quantize_text``) and ``attention`` (the attention kernel) decide how fast
-    (see :mod:`cogvid.speed`); all off by default.
+    merged into the DiT at load time; ``device``/``dtype`` decide where it runs. ``offload`` is how the
+    parts share the GPU (``none``, ``text``, ``model``, ``blocks``; None: ``memory`` decides) and
+    ``memory`` the budget that decides it: ``auto`` (the free memory of the CUDA device), ``off`` or a
+    size such as ``24GiB`` (see :mod:`cogvid.memory_plan`).
+    ``parallel`` is how the processes of a ``torchrun`` world share the work (:mod:`cogvid.parallel`;
+    same video either way). ``compile`` (torch.compile of the DiT blocks), ``quantize`` (a torchao mode for
+    the DiT's linear layers, and T5's with ``quantize_text``) and ``attention`` (the attention kernel)
+    decide how fast (see :mod:`cogvid.speed`); all off by default.
     """
 
     name: str | None = None
@@ -197,7 +200,8 @@ class ModelChoice:
     loras: tuple[LoraSpec, ...] = ()
     device: str = "auto"
     dtype: str | None = None
-    offload: bool = False
+    offload: str | None = None
+    memory: str = "auto"
     parallel: str = "auto"
     compile: bool = False
     quantize: str | None = None
@@ -221,6 +225,7 @@ class ModelChoice:
             "device": self.device,
             "dtype": self.dtype,
             "offload": self.offload,
+            "memory": self.memory,
             "parallel": self.parallel,
             "compile": self.compile,
             "quantize": self.quantize,
@@ -251,7 +256,7 @@ class GenerationRequest:
     None means "the model's default" (a random seed for ``seed``); :func:`cogvid.prepare.prepare`
     replaces each None by its value for the model, so a prepared request describes a video exactly.
     ``decode`` is ``"original"`` (the SAT decode; 1.5 models make 4k+4 frames for 4k+1) or
-    ``"diffusers"``; ``vae_tiling`` decodes in overlapping tiles. ``cache`` is a step cache,
+    ``"diffusers"``; ``vae_tiling`` decodes in overlapping tiles (None: only when the memory plan needs it). ``cache`` is a step cache,
     ``"teacache"`` or ``"fbcache"`` with an optional ``":THRESHOLD"`` (None: every step runs the whole DiT).
     """
 
@@ -268,7 +273,7 @@ class GenerationRequest:
     seed: int | None = None
     num_videos: int = 1
     decode: str = "original"
-    vae_tiling: bool = False
+    vae_tiling: bool | None = None
     cache: str | None = None
     model: ModelChoice = field(default_factory=ModelChoice)
 
@@ -364,6 +369,31 @@ def _optional(check: Any) -> Any:
     return lambda value: None if value is None else check(value)
 
 
+OFFLOAD_MODES = ("none", "text", "model", "blocks")
+
+
+def _offload(value: Any) -> str | None:
+    """An offload mode; ``True``/``False`` (cogvid 0.2's flag, in old sidecars) read as ``model`` / None."""
+    if isinstance(value, bool):
+        return "model" if value else None
+    if value is not None and value not in OFFLOAD_MODES:
+        close = difflib.get_close_matches(str(value), OFFLOAD_MODES, n=1)
+        raise UsageError(
+            f"unknown offload mode {value!r}",
+            hint=f"{f'did you mean {close[0]!r}? ' if close else ''}use one of: {', '.join(OFFLOAD_MODES)}",
+        )
+    return value
+
+
+def _memory(value: Any) -> str:
+    """``auto``, ``off`` or a size in GiB (``24``, ``24GB``, ``24GiB``), kept as written."""
+    from cogvid.memory_plan import parse_budget
+
+    text = check_text(value, "--memory").strip().lower()
+    parse_budget(text)
+    return text
+
+
 _CHOICE_CHECKS: dict[str, Any] = {
     "name": _name,
     "weights": _optional(lambda v: _path(v, "the weights root")),
@@ -372,7 +402,8 @@ _CHOICE_CHECKS: dict[str, Any] = {
     "loras": parse_loras,
     "device": lambda v: check_text(v, "the device"),
     "dtype": _dtype,
-    "offload": _flag("offload"),
+    "offload": _offload,
+    "memory": _memory,
     "parallel": _parallel,
     "compile": _flag("compile"),
     "quantize": check_quantize,
@@ -408,7 +439,7 @@ _REQUEST_CHECKS: dict[str, Any] = {
     "seed": _optional(lambda v: check_int(v, "the seed", 0, MAX_SEED, hint="e.g. --seed 42")),
     "num_videos": lambda v: check_int(v, "the number of videos", 1, MAX_VIDEOS, hint="e.g. -n 4"),
     "decode": _decode,
-    "vae_tiling": _flag("vae_tiling"),
+    "vae_tiling": _optional(_flag("vae_tiling")),
     "cache": check_cache,
     "model": _model,
 }
@@ -456,6 +487,7 @@ def _list(value: Any, where: str) -> list[Any]:
 
 __all__ = [
     "DECODES",
+    "OFFLOAD_MODES",
     "SAMPLER_NAMES",
     "MAX_LORA_SCALE",
     "MAX_SEED",

@@ -45,9 +45,11 @@ def read_request(path: str | os.PathLike) -> GenerationRequest:
 def replay_request(path: str | os.PathLike, changes: dict[str, Any] | None = None, model_changes: dict[str, Any] | None = None) -> GenerationRequest:
     """The request of sidecar ``path`` with ``changes`` (request fields) and ``model_changes`` (model choice
     fields) applied: the same video, but for what was changed. Another model name drops the recorded
-    ``configs``/``overrides`` unless given too."""
+    ``configs``/``overrides`` unless given too. The recorded offload mode is dropped unless given: where
+    the parts sat changes no frame, so this machine's ``--memory`` picks again (VAE tiling, which
+    changes pixels, is kept)."""
     recorded = read_request(path)
-    model_changes = dict(model_changes or {})
+    model_changes = {"offload": None, **(model_changes or {})}
     if "name" in model_changes:
         model_changes.setdefault("configs", ())
         model_changes.setdefault("overrides", ())

@@ -23,6 +23,7 @@ Examples:
   cogvid batch prompts.txt -m cogvideox-5b --resume
   cogvid repl -m cogvideox-5b               # the model stays loaded
   cogvid models list                        # which weights are present
+  cogvid plan -m cogvideox-5b               # will it fit? GPU memory per stage
 """
 
 
@@ -104,13 +105,14 @@ def root(
 
 
 def _register() -> None:
-    from cogvid.cli import batch, cache, export, generate, lora, models, repl
+    from cogvid.cli import batch, cache, export, generate, lora, models, plan, repl
 
     app.command("t2v", epilog=generate.T2V_EXAMPLES)(generate.t2v)
     app.command("i2v", epilog=generate.I2V_EXAMPLES)(generate.i2v)
     app.command("batch", epilog=batch.EXAMPLES)(batch.batch)
     app.command("repl", epilog=repl.EXAMPLES)(repl.repl)
     app.command("export", epilog=export.EXAMPLES)(export.export)
+    app.command("plan", epilog=plan.EXAMPLES)(plan.plan)
     app.add_typer(models.app, name="models")
     app.add_typer(lora.app, name="lora")
     app.add_typer(cache.app, name="cache")

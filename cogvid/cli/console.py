@@ -123,6 +123,8 @@ class ProgressRenderer:
                 err.print(f"{self.prefix}[green]✓[/] {label} ({event.seconds:.1f} s)")
             elif event.stage == "loading":
                 err.print(f"[green]✓[/] {label} ({event.seconds:.1f} s)")
+        elif event.kind == "note":
+            err.print(f"{self.prefix}{event.message}", markup=False)
         elif event.kind in ("step", "decode") and self.live:
             bars, now = self._bars(), time.perf_counter()
             if self._started is None:

@@ -43,9 +43,12 @@ def run_videos(request: GenerationRequest, options: CliOptions) -> None:
         return
     check_output_folder(options.out)
     from cogvid.parallel import my_share
-    from cogvid.pipeline import load
+    from cogvid.pipeline import load, settle_memory
 
+    (prepared,), note = settle_memory([prepared])
     share = my_share(prepared)  # under torchrun: this process's videos, and whether it writes them
+    if note and share.lead:
+        console.err.print(note, markup=False)
     renderer = console.ProgressRenderer(quiet=not share.lead)
     pipe = load(resolved=prepared.model, progress=renderer, text_encoder=share.encodes_text)
     if request.seed is None and share.lead:
@@ -108,6 +111,7 @@ def show_dry_run(prepared: list[Any], as_json: bool) -> None:
             console.out.print(f"  speed: {record['speed']}", markup=False, highlight=False)
         for part in record["weights"]:
             console.out.print(f"  {part['part']:<12} {'found' if part['found'] else 'missing'}  {part['path']}", markup=False)
+        console.out.print(f"  memory: {record['memory']['summary']}", markup=False, highlight=False)
 
 
 @with_options(*GENERATION_OPTIONS)

@@ -45,7 +45,8 @@ MODEL_OPTIONS = (
     _Option("lora", list[str], typer.Option([], "--lora", metavar="PATH[:SCALE]", help="SAT LoRA checkpoint folder, with an optional scale (repeatable).")),
     _Option("device", str, typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")),
     _Option("dtype", Optional[str], typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: the model's on GPU, fp32 on CPU).")),
-    _Option("offload", bool, typer.Option(False, "--offload", help="Keep only the part in use on the GPU (T5, DiT, VAE in turn): less memory, a little slower.")),
+    _Option("offload", Optional[str], typer.Option(None, "--offload", metavar="MODE", help="How T5, DiT and VAE share the GPU: none, text (T5 leaves after encoding), model (each part only while used), blocks (DiT layers streamed). Default: --memory picks.")),
+    _Option("memory", str, typer.Option("auto", "--memory", metavar="auto|off|SIZE", help="GPU memory to fit: auto (the free memory), a size such as 24GB, or off. Picks --offload and --vae-tiling when not given.")),
     _Option("parallel", str, typer.Option("auto", "--parallel", metavar="MODE", help="Under torchrun: data (whole videos per process), cfg (guidance halves on 2), sequence (video tokens split), cfg+sequence, or auto.", autocompletion=lambda incomplete: [m for m in ("auto", "data", "cfg", "sequence", "cfg+sequence") if m.startswith(incomplete)])),
     _Option("compile", bool, typer.Option(False, "--compile", help="torch.compile the DiT blocks: the first video compiles (minutes), the next ones run faster.")),
     _Option("quantize", Optional[str], typer.Option(None, "--quantize", metavar="MODE", help="Quantize the DiT's linear layers with torchao: int8wo, int8dq, fp8wo, fp8dq (fp8: CUDA, compute capability 8.9+).")),
@@ -61,7 +62,7 @@ VIDEO_OPTIONS = (
     _Option("frames", Optional[int], typer.Option(None, "--frames", help="Number of frames (1.0 models: 8k+1 up to 49; 1.5: 16k+1 up to 161).")),
     _Option("size", Optional[str], typer.Option(None, "--size", metavar="HxW", help="Video size, height x width, e.g. 768x1360.")),
     _Option("fps", Optional[int], typer.Option(None, "--fps", help="Frames per second of the written video (default: the model's).")),
-    _Option("vae_tiling", bool, typer.Option(False, "--vae-tiling", help="Decode the video in overlapping spatial tiles: less memory at large sizes, slightly different pixels.")),
+    _Option("vae_tiling", Optional[bool], typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Decode in overlapping spatial tiles: less memory at large sizes, slightly different pixels (default: only if --memory needs it).")),
     _Option("cache", Optional[str], typer.Option(None, "--cache", metavar="KIND[:T]", help="Step cache: teacache or fbcache, with an optional threshold (default 0.3 and 0.12), e.g. teacache:0.2; skips DiT blocks at steps that barely change.")),
     _Option("original_frames", bool, typer.Option(True, "--original-frames/--diffusers-frames", help="1.5 models: decode as the original SAT code (81 requested frames -> 84) or as diffusers (81).")),
 )
@@ -77,7 +78,7 @@ _CONTEXT = "cogvid_cli_context"  # the Typer context, added to every command wit
 
 # Option name -> the request field it sets (model options go into request.model).
 _MODEL_FIELDS = {"model": "name", "weights": "weights", "config": "configs", "overrides": "overrides", "lora": "loras",
-                 "device": "device", "dtype": "dtype", "offload": "offload", "parallel": "parallel",
+                 "device": "device", "dtype": "dtype", "offload": "offload", "memory": "memory", "parallel": "parallel",
                  **{k: k for k in ("compile", "quantize", "quantize_text", "attention")}}
 _VIDEO_FIELDS = {"steps", "guidance", "sampler", "seed", "negative", "frames", "fps", "vae_tiling", "num_videos", "cache"}
 

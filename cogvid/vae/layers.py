@@ -14,20 +14,13 @@ Every tensor here is laid out (B, C, T, H, W). Two pieces of state thread throug
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FirstFrame = Literal["odd", "always", "never"]
+from cogvid.decode_schedule import FirstFrame, keeps_first_frame
 
-
-def keeps_first_frame(policy: FirstFrame, frames: int) -> bool:
-    """Whether the first-frame rule applies to a call with ``frames`` frames under ``policy``."""
-    if policy == "odd":
-        return frames % 2 == 1
-    return policy == "always"
 
 
 class ConvCache:

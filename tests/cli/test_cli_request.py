@@ -136,7 +136,7 @@ def test_cli_does_no_library_work():
         bad = [name for name in _imports(file) if any(name == f or name.startswith(f + ".") for f in forbidden)]
         assert not bad, f"{file.name} imports {bad}"
     lines = sum(len(file.read_text().splitlines()) for file in files)
-    assert lines <= 1200, lines  # 1746 before the request object; 1071 with it (42 of them help examples); then export, models pull, speed options, cache
+    assert lines <= 1250, lines  # 1746 before the request object; 1071 with it (42 of them help examples); then export, models pull, speed options, cache, plan
 
 
 def test_each_value_is_parsed_once_on_its_way_to_use(tmp_path, monkeypatch):
