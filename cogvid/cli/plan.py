@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
-import typer
-
 from cogvid.cli import console
 from cogvid.cli.options import MODEL_OPTIONS, OUTPUT_OPTIONS, VIDEO_OPTIONS, CliOptions, with_options
 
@@ -19,18 +15,16 @@ _VIDEO = tuple(o for o in VIDEO_OPTIONS if o.name in ("frames", "size", "vae_til
 
 
 @with_options(MODEL_OPTIONS, _VIDEO, OUTPUT_OPTIONS[1])
-def plan(
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 or fp8: size the DiT's linear weights at one byte each."),
-    *,
-    options: CliOptions,
-) -> None:
+def plan(*, options: CliOptions) -> None:
     """Estimate the peak GPU memory of each stage (T5, denoising, VAE decode) and the host RAM of the load.
 
     Without --offload it shows every mode; loads nothing.
     """
     from cogvid.memory_plan import plan_report
 
-    report = plan_report(options.request(), quantize=quantize)
+    request = options.request()
+    quantize = request.model.quantize  # int8wo, int8dq, fp8wo, fp8dq: the DiT's linear weights at one byte
+    report = plan_report(request, quantize=quantize[:4] if quantize else None)
     if options.as_json:
         console.print_json(report["json"])
         return
