@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/gpu.py [--models cogvideox-2b,cogvideox-5b] [--steps 3] [--cache-steps 50] [--layers N]
        python benchmarks/gpu.py --smoke      (a tiny DiT on the CPU: what the smoke test runs)
+       python benchmarks/gpu.py --memory [gpu_memory.py's options]   (peak memory per stage beside the plan)
 
 For each model it builds the transformer at its real size in the released layout (random weights),
 and the same weights in diffusers' CogVideoXTransformer3DModel, both in the model's dtype, and times
@@ -41,6 +42,12 @@ def step_seconds(fn: Any, steps: int, sync: Any) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--memory" in argv:
+        import gpu_memory
+
+        gpu_memory.main([arg for arg in argv if arg != "--memory"])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="cogvideox-2b,cogvideox-5b")
     parser.add_argument("--device", default="auto")

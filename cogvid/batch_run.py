@@ -160,8 +160,11 @@ def run_plan(plan: BatchPlan, run: BatchRun) -> list[JobResult]:
     results.extend(JobResult(job.line, job.prompt, "invalid", error=job.error, rank=plan.rank) for job in plan.invalid)
     if not plan.units:
         return results  # nothing to make here: the output folder is not touched
-    # Stale leftovers go first; claims let batches sharing the folder split its videos.
-    with claim_output_folder(run.out) as removed, BatchClaims(run.out, resume=run.resume) as claims:
+    # Stale leftovers go first; claims let batches sharing the folder split its videos. In a split
+    # (--parallel cfg/sequence) the ranks are one batch: the lead cleans and claims for all of them.
+    follower = plan.split and not plan.lead
+    with (contextlib.nullcontext([]) if follower else claim_output_folder(run.out)) as removed, \
+            (contextlib.nullcontext() if follower else BatchClaims(run.out, resume=run.resume)) as claims:
         run.claims = claims
         if removed:
             run.observer.notice(f"removed {len(removed)} partial file(s) left by an interrupted run")
@@ -238,6 +241,8 @@ def _make(pipe: Any, unit: Unit, position: int, plan: BatchPlan, run: BatchRun) 
     started = time.perf_counter()
     try:
         claim = run.claims.take(unit.key) if run.claims is not None else None
+        if plan.split and plan.gathered:  # every rank follows the lead's claim, or they part ways and hang
+            claim = gather_objects(claim)[0]
         if claim is not None and not claim.mine:  # another batch makes it, or made it meanwhile
             path = str(claim.path) if claim.path else None
             run.results.append(JobResult(job.line, job.prompt, "skipped", path, video_index=unit.video_index, rank=plan.rank, note=claim.reason))

@@ -1,11 +1,13 @@
 """torchrun helpers: which rank this process is, its device, and gathering small results on rank 0.
 
-Nothing here runs at import time: no process group is created until :func:`gather_objects` is
-called, and a group created there is destroyed before it returns. torch is imported lazily.
+Nothing here runs at import time: no process group is created until :func:`ensure_process_group`
+(or :func:`gather_objects`) is called, and then one default group is kept until the process exits.
+torch is imported lazily.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import os
 from collections.abc import Sequence
@@ -77,30 +79,47 @@ def can_gather() -> bool:
     return dist.is_available()
 
 
-def gather_objects(obj: Any, timeout: _dt.timedelta = GATHER_TIMEOUT) -> list[Any] | None:
+def ensure_process_group(timeout: _dt.timedelta = GATHER_TIMEOUT) -> None:
+    """Create the default process group from torchrun's environment unless one exists, and keep it
+    until the process exits: gloo for CPU tensors and Python objects, NCCL too where CUDA is.
+
+    One group for the whole run on purpose: a group destroyed and created again on torchrun's store
+    can read the old group's stale addresses and hang.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    rank, world_size, _ = rank_info()
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
     """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` for one process.
 
-    Uses the caller's process group when one is initialised; otherwise creates a gloo group from
-    the torchrun environment for this call only and destroys it afterwards. Returns None when no
-    group can be formed (``WORLD_SIZE`` > 1 without ``MASTER_ADDR``/``MASTER_PORT``).
+    Uses the default process group, creating it first if needed (:func:`ensure_process_group`).
+    Returns None when no group can be formed (``WORLD_SIZE`` > 1 without ``MASTER_ADDR``/``MASTER_PORT``).
     """
-    rank, world_size, _ = rank_info()
-    if world_size <= 1:
+    if rank_info()[1] <= 1:
         return [obj]
     if not can_gather():
         return None
     import torch.distributed as dist
 
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
-    try:
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, obj)
-        return gathered
-    finally:
-        if created:
-            dist.destroy_process_group()
+    ensure_process_group()
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
-__all__ = ["GATHER_TIMEOUT", "can_gather", "gather_objects", "is_distributed", "rank_device", "rank_info", "shard"]
+__all__ = ["GATHER_TIMEOUT", "can_gather", "ensure_process_group", "gather_objects", "is_distributed", "rank_device", "rank_info", "shard"]

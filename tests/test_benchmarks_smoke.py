@@ -2,7 +2,8 @@
 
 Benchmarks are not run for their numbers here, only so that none can rot: each script found in the
 folder runs in a subprocess with the arguments registered in ``SMOKE`` (a new script without an entry
-fails until it gets one) and must exit 0 and print the lines that make up its table.
+fails until it gets one) and must exit 0 and print the lines that make up its table. Modules whose
+name starts with ``_`` are shared helpers of the scripts, not benchmarks.
 """
 
 from __future__ import annotations
@@ -17,56 +18,90 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py"))
+SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_"))
 
 
 @dataclass(frozen=True)
 class Smoke:
-    """The smallest arguments of one benchmark and a regular expression its table matches (multiline)."""
+    """The smallest arguments of one benchmark run and a regular expression its table matches (multiline)."""
 
+    script: str
     args: tuple[str, ...]
     table: str
 
 
-SMOKE: dict[str, Smoke] = {
-    "judge.py": Smoke(
-        ("--captions", "2", "--steps", "2", "--threads", "1"),
+SMOKE: list[Smoke] = [
+    Smoke(
+        "judge.py", ("--captions", "2", "--steps", "2", "--threads", "1"),
         r"^model\s+sampler\s+guid\.\s+n\s+color\s+dir\.\s+shape\s+all\ncogvideox-tiny\s+default\s+default\s+2(\s+[01]\.\d\d){4}$",
     ),
-    "load_checkpoint.py": Smoke(
-        ("--smoke",),
+    Smoke(
+        "load_checkpoint.py", ("--smoke",),
         r"^loader\s+time \(s\)\s+peak RSS \(GiB\)\s+RSS / file\ncogvid load_dit(\s+[\d.]+){3}\nSAT load_checkpoint path(\s+[\d.]+){3}$",
     ),
-    "repl_latency.py": Smoke(
-        ("--runs", "1", "--steps", "2"),
+    Smoke(
+        "repl_latency.py", ("--runs", "1", "--steps", "2"),
         r"^repl: second prompt, wall\s+[\d.]+\n.*\ncold: cogvid t2v, whole process\s+[\d.]+\nratio cold / repl\s+[\d.]+x$",
     ),
-    "startup.py": Smoke(
-        ("--smoke",),
+    Smoke(
+        "startup.py", ("--smoke",),
         r"^cogvid --help\s+[\d.]+\s+[\d.]+\s+False\s+(ok|OVER)\ncogvid models list\s.*\ncogvid models list --json\s.*$",
     ),
-    "t2v_vs_diffusers.py": Smoke(
-        ("--smoke",),
+    Smoke(
+        "t2v_vs_diffusers.py", ("--smoke",),
         r"^cogvid\s+[\d.]+\s+[\d.]+\ndiffusers\s+[\d.]+\s+[\d.]+\nratio cogvid/diffusers: [\d.]+",
     ),
-    "vae_decode.py": Smoke(
-        ("--smoke",),
+    Smoke(
+        "vae_decode.py", ("--smoke",),
         r"^\s+glibc default\s+5\s+17\s+False(\s+[\d.]+){3}\n(.*\n){3}.*peak RSS 13 vs 5 latents",
     ),
-}
+    Smoke(
+        "dit_vae_vs_diffusers.py", ("--layers", "1", "--hidden", "64", "--heads", "2", "--frames", "2", "--size", "4", "--ch", "32", "--vae-size", "4", "--pairs", "1", "--backend", "eager"),
+        r"^part\s+mode\s+cogvid s\s+diffusers s\s+median ratio\s+max \|diff\|\nDiT step\s+eager(\s+[\d.e+-]+){4}\nDiT step\s+compiled(\s+[\d.e+-]+){4}\nVAE decode\s+eager(\s+[\d.e+-]+){4}$",
+    ),
+    Smoke(
+        "gpu.py", ("--smoke",),
+        r"^model\s+mode\s+cogvid s/step\s+diffusers\s+ratio.*\ncogvideox-2b \(1 layers, \d+ tokens, float32\)\s+eager\s+[\d.]+\s+[\d.]+\s+[\d.]+",
+    ),
+    Smoke(
+        "gpu.py", ("--memory", "--offload", "none", "--steps", "1"),
+        r"^offload\s+tiling\s+stage\s+measured\s+plan\s+plan/measured.*\nnone\s+False\s+text\s+[\d.]+\s+[\d.]+\s+[\d.]+\nnone\s+False\s+denoising(\s+[\d.]+){3}\nnone\s+False\s+decoding(\s+[\d.]+){3}",
+    ),
+    Smoke(
+        "gpu_memory.py", ("--offload", "none", "--steps", "1", "--json"),
+        r"^\{.*\"plan\": \{.*\}$",
+    ),
+    Smoke(
+        "load_diffusers.py", ("--smoke",),
+        r"^layout\s+file \(GiB\)\s+time \(s\)\s+call \(s\)\s+peak RSS \(GiB\)\s+growth / file\nSAT(\s+[\d.]+){5}\ndiffusers(\s+[\d.]+){5}\ndiffusers/SAT time [\d.]+",
+    ),
+    Smoke(
+        "parallel_denoise.py", ("--smoke",),
+        r"^procs\s+peak MiB/rank\s+x 1 proc\s+s/step\s+x 1 proc\s+rel diff\n\s+1(\s+[\d.e+-]+){5}\n\s+2(\s+[\d.e+-]+){5}$",
+    ),
+    Smoke(
+        "speed_cpu.py", ("--smoke",),
+        r"ratio compiled/eager [\d.]+ .*\n.*int8wo weights [\d.]+ MiB vs bf16 [\d.]+ MiB: ratio [\d.]+.*\n.*ratio int8wo/bf16 [\d.]+$",
+    ),
+    Smoke(
+        "step_cache.py", ("--smoke",),
+        r"^cache\s+skipped\s+blocks run\s+color.*\nnone(\s+[+-]?[\d.]+){10}\n",
+    ),
+]
 
 
-def test_the_benchmarks_folder_has_scripts_and_every_entry_is_one():
+def test_every_benchmark_has_a_smoke_run_and_every_run_a_benchmark():
     assert SCRIPTS, BENCHMARKS
-    assert sorted(set(SMOKE) - set(SCRIPTS)) == []
+    registered = {smoke.script for smoke in SMOKE}
+    missing = sorted(set(SCRIPTS) - registered)
+    assert not missing, f"benchmarks without smoke arguments: {missing}; register their smallest run in SMOKE ({__file__})"
+    assert sorted(registered - set(SCRIPTS)) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_benchmark_runs_with_its_smoke_arguments(script, tmp_path):
-    if script not in SMOKE:
-        pytest.fail(f"benchmarks/{script} has no smoke arguments: register its smallest run in SMOKE ({__file__})")
-    smoke = SMOKE[script]
+@pytest.mark.parametrize("smoke", SMOKE, ids=lambda smoke: " ".join((smoke.script, *smoke.args)))
+def test_benchmark_runs_with_its_smoke_arguments(smoke, tmp_path):
+    script = smoke.script
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # tiny workloads; a shared machine
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *smoke.args],

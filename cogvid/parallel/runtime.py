@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cogvid import distributed
 from cogvid.diffusion.guiders import BATCHED_KEYS
 from cogvid.parallel import ParallelPlan
 from cogvid.parallel.sequence import sequence_parallel
@@ -31,13 +32,11 @@ TIMEOUT = _dt.timedelta(minutes=60)
 
 
 def ensure_process_group(device: torch.device) -> None:
-    """Initialise the default process group from torchrun's environment if nobody has: NCCL for
-    CUDA devices (and the rank's CUDA device made current), gloo otherwise."""
+    """The default process group from torchrun's environment (:func:`cogvid.distributed.ensure_process_group`),
+    with the rank's CUDA device made current when it runs on CUDA."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if dist.is_initialized():
-        return
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    distributed.ensure_process_group(TIMEOUT)
 
 
 class ParallelRuntime:

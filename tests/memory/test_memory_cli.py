@@ -50,7 +50,7 @@ def test_plan_table_and_what_a_budget_picks():
     assert lines[0].startswith("cogvideox1.5-5b: 81 frames 1360x768 (44880 + 224 tokens), bf16 on cuda")
     assert "denoising" in lines[1] and "host RAM" in lines[1]
     assert lines[-1].startswith("memory: 24.0 GiB free -> --offload text --vae-tiling: peak")
-    one = runner.invoke(app, ["plan", "-m", "cogvideox-5b-i2v", "--offload", "model", "--no-vae-tiling", "--quantize", "int8"])
+    one = runner.invoke(app, ["plan", "-m", "cogvideox-5b-i2v", "--offload", "model", "--no-vae-tiling", "--quantize", "int8wo"])
     assert one.exit_code == 0, one.output
     assert "image" in one.stdout and "DiT int8" in one.stdout and "--offload model on cuda" in one.stdout
 

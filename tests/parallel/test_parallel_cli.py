@@ -26,7 +26,7 @@ def _env() -> dict[str, str]:
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cogvid", *args]
-    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)  # ~20 s when well; a hang fails fast
 
 
 def _sidecars(out: Path) -> list[dict]:
