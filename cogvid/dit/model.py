@@ -160,33 +160,14 @@ class DiffusionTransformer(BaseModel):
             reinit=True,
         )
         adaln_extra = dict(height=rows, width=cols) if self.is_v10 else {}
-        self.add_mixin(
-            "adaln_layer",
-            instantiate(
-                configs["adaln_layer_config"],
-                hidden_size=self.hidden_size,
-                num_layers=self.num_layers,
-                compressed_num_frames=self.compressed_num_frames,
-                hidden_size_head=self.hidden_size // self.num_attention_heads,
-                time_embed_dim=self.time_embed_dim,
-                elementwise_affine=self.elementwise_affine,
-                **adaln_extra,
-            ),
-        )
-        self.add_mixin(
-            "final_layer",
-            instantiate(
-                configs["final_layer_config"],
-                hidden_size=self.hidden_size,
-                patch_size=self.patch_size,
-                out_channels=self.out_channels,
-                time_embed_dim=self.time_embed_dim,
-                latent_width=self.latent_width,
-                latent_height=self.latent_height,
-                elementwise_affine=self.elementwise_affine,
-            ),
-            reinit=True,
-        )
+        shared = dict(hidden_size=self.hidden_size, time_embed_dim=self.time_embed_dim, elementwise_affine=self.elementwise_affine)
+        head = self.hidden_size // self.num_attention_heads
+        adaln = instantiate(configs["adaln_layer_config"], num_layers=self.num_layers, compressed_num_frames=self.compressed_num_frames,
+                            hidden_size_head=head, **shared, **adaln_extra)
+        self.add_mixin("adaln_layer", adaln)
+        final = instantiate(configs["final_layer_config"], patch_size=self.patch_size, out_channels=self.out_channels,
+                            latent_width=self.latent_width, latent_height=self.latent_height, **shared)
+        self.add_mixin("final_layer", final, reinit=True)
         if "lora_config" in configs:
             self.add_mixin("lora", instantiate(configs["lora_config"], layer_num=self.num_layers), reinit=True)
 
