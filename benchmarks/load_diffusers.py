@@ -12,8 +12,9 @@ Budget (issue 15): the diffusers load's RSS growth <= 1.1 x the files, and no sl
 (time ratio <= 1.1, the noise of one run on a shared machine). Both loads read every weight afterwards
 (a checksum), so mapped pages count in RSS, and the two checksums must agree.
 
-Usage: ``python benchmarks/load_diffusers.py [--keep DIR]`` (``--keep`` writes the checkpoints there once
-and reuses them); ``--smoke`` runs the same code on a tiny model in seconds (the test suite does).
+Usage: ``python benchmarks/load_diffusers.py [--keep DIR] [--cold]`` (``--keep`` writes the checkpoints there
+once and reuses them; ``--cold`` empties the page cache before each load instead, so both read the disk, as
+the first load after a download does: needs root); ``--smoke`` runs the same code on a tiny model in seconds (the test suite does).
 """
 
 from __future__ import annotations
@@ -106,9 +107,18 @@ def _warm(folder: Path) -> None:
                 pass
 
 
-def _run(kind: str, folder: Path, smoke: bool) -> dict:
+def _drop_page_cache() -> None:
+    """Empty the kernel's page cache (Linux, as root): the next load reads from the disk, as a first load does."""
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root on Linux to empty the page cache ({e})") from e
+
+
+def _run(kind: str, folder: Path, smoke: bool, cold: bool = False) -> dict:
     if kind == "load":
-        _warm(folder)
+        _drop_page_cache() if cold else _warm(folder)
     command = [sys.executable, __file__, "--child", kind, str(folder)] + (["--smoke"] if smoke else [])
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="write the checkpoints here once and reuse them")
     parser.add_argument("--repeat", type=int, default=2, help="alternate the two loads this many times; the fastest of each counts")
     parser.add_argument("--smoke", action="store_true", help="a tiny model: checks the benchmark runs, measures nothing useful")
+    parser.add_argument("--cold", action="store_true", help="load from the disk: empty the page cache before each load (root)")
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child, args.smoke)
@@ -135,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes_file.write_text(json.dumps(sizes))
             print(f"wrote both layouts ({sizes['sat_bytes'] / 2**30:.2f} GiB each) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         sizes = json.loads(sizes_file.read_text())
-        runs = [(_run("load", folder / "sat", args.smoke), _run("load", folder / "diffusers", args.smoke)) for _ in range(args.repeat)]
+        runs = [(_run("load", folder / "sat", args.smoke, args.cold), _run("load", folder / "diffusers", args.smoke, args.cold))
+                for _ in range(args.repeat)]
         sat = min((pair[0] for pair in runs), key=lambda row: row["seconds"])  # the least disturbed run of each
         diffusers = min((pair[1] for pair in runs), key=lambda row: row["seconds"])
         if abs(sat["checksum"] - diffusers["checksum"]) > 1e-3 * max(1.0, abs(sat["checksum"])):

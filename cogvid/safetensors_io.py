@@ -9,7 +9,9 @@ loading a checkpoint costs about its file size in memory, not twice that.
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from cogvid.errors import CheckpointError, MissingFileError
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
 MAX_INDEX_BYTES = 50 * 2**20
 DEFAULT_SHARD_BYTES = 5 * 10**9  # diffusers' converter writes 5 GB shards
+_PREADV = hasattr(os, "preadv")
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -116,6 +119,7 @@ class SafetensorsFolder:
                 self.entries[name] = entry
         self._mapped: dict[Path, Any] = {}
         self._handles: dict[Path, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +140,7 @@ class SafetensorsFolder:
 
     def read_rows_into(self, name: str, out: torch.Tensor, index: int = 0, count: int = 1) -> None:
         """Copy row chunk ``index`` of ``count`` equal chunks of tensor ``name`` into ``out`` (a CPU tensor of
-        that chunk's shape, any dtype), reading the bytes from the file without mapping them."""
+        that chunk's shape, any dtype), reading the bytes from the file without mapping them. Thread-safe."""
         entry = self.entries[name]
         rows = entry.shape[0] if entry.shape else 1
         if rows % count:
@@ -147,18 +151,36 @@ class SafetensorsFolder:
         if buffer.numel() * entry.dtype.itemsize != chunk:
             raise CheckpointError(f"{self.folder}: {name} chunk of {chunk} bytes does not fit a {tuple(out.shape)} tensor")
         view = memoryview(buffer.reshape(-1).view(torch.uint8).numpy())
-        handle = self._handles.get(entry.file)
-        if handle is None:
-            handle = self._handles[entry.file] = open(entry.file, "rb", buffering=0)  # noqa: SIM115 (closed by close())
-        handle.seek(entry.start + index * chunk)
+        handle = self._handle(entry.file)
+        offset = entry.start + index * chunk
         done = 0
-        while done < chunk:
-            n = handle.readinto(view[done:])
+        while done < chunk:  # positioned reads: several threads may read one file at once
+            n = os.preadv(handle.fileno(), [view[done:]], offset + done) if _PREADV else self._read_at(handle, view[done:], offset + done)
             if not n:
                 raise CheckpointError(f"{entry.file}: unexpected end of file reading {name}", hint="download the file again")
             done += n
         if not direct:
             out.copy_(buffer)
+
+    def prefetch(self) -> None:
+        """Ask the kernel to read every file ahead, in file order (a first load from the disk, not from the
+        page cache, then reads sequentially however the tensors are used); a no-op where unsupported."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for file in self.files:
+            os.posix_fadvise(self._handle(file).fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+
+    def _handle(self, file: Path) -> Any:
+        with self._lock:
+            handle = self._handles.get(file)
+            if handle is None:
+                handle = self._handles[file] = open(file, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+            return handle
+
+    def _read_at(self, handle: Any, view: memoryview, offset: int) -> int:
+        with self._lock:  # no preadv (Windows): seek and read as one step
+            handle.seek(offset)
+            return handle.readinto(view)
 
     def close(self) -> None:
         """Close the files (mapped tensors already handed out stay valid)."""
