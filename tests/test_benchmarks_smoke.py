@@ -56,36 +56,21 @@ SMOKE: list[Smoke] = [
         r"^\s+glibc default\s+5\s+17\s+False(\s+[\d.]+){3}\n(.*\n){3}.*peak RSS 13 vs 5 latents",
     ),
     Smoke(
-        "dit_vae_vs_diffusers.py", ("--layers", "1", "--hidden", "64", "--heads", "2", "--frames", "2", "--size", "4", "--ch", "32", "--vae-size", "4", "--pairs", "1", "--backend", "eager"),
-        r"^part\s+mode\s+cogvid s\s+diffusers s\s+median ratio\s+max \|diff\|\nDiT step\s+eager(\s+[\d.e+-]+){4}\nDiT step\s+compiled(\s+[\d.e+-]+){4}\nVAE decode\s+eager(\s+[\d.e+-]+){4}$",
-    ),
-    Smoke(
-        "gpu.py", ("--smoke",),
-        r"^model\s+mode\s+cogvid s/step\s+diffusers\s+ratio.*\ncogvideox-2b \(1 layers, \d+ tokens, float32\)\s+eager\s+[\d.]+\s+[\d.]+\s+[\d.]+",
-    ),
-    Smoke(
         "gpu.py", ("--memory", "--offload", "none", "--steps", "1"),
         r"^offload\s+tiling\s+stage\s+measured\s+plan\s+plan/measured.*\nnone\s+False\s+text\s+[\d.]+\s+[\d.]+\s+[\d.]+\nnone\s+False\s+denoising(\s+[\d.]+){3}\nnone\s+False\s+decoding(\s+[\d.]+){3}",
-    ),
-    Smoke(
-        "load_diffusers.py", ("--smoke",),
-        r"^layout\s+file \(GiB\)\s+time \(s\)\s+call \(s\)\s+peak RSS \(GiB\)\s+growth / file\nSAT(\s+[\d.]+){5}\ndiffusers(\s+[\d.]+){5}\ndiffusers/SAT time [\d.]+",
-    ),
-    Smoke(
-        "speed_cpu.py", ("--smoke",),
-        r"ratio compiled/eager [\d.]+ .*\n.*int8wo weights [\d.]+ MiB vs bf16 [\d.]+ MiB: ratio [\d.]+.*\n.*ratio int8wo/bf16 [\d.]+$",
-    ),
-    Smoke(
-        "step_cache.py", ("--smoke",),
-        r"^cache\s+skipped\s+blocks run\s+color.*\nnone(\s+[+-]?[\d.]+){10}\n",
     ),
 ]
 
 # Benchmarks whose smoke run (with more checks on what they report) lives in another test file.
 ELSEWHERE = {
+    "dit_vae_vs_diffusers.py": "tests/speed/test_speed_benchmarks.py",
     "gpu_memory.py": "tests/memory/test_gpu_memory_benchmark.py",
+    "load_diffusers.py": "tests/weights/test_load_benchmark.py",
     "parallel_denoise.py": "tests/parallel/test_parallel_benchmark.py",
+    "speed_cpu.py": "tests/speed/test_speed_benchmarks.py",
+    "step_cache.py": "tests/speed/test_speed_benchmarks.py",
 }
+# gpu.py --smoke runs in tests/speed/test_speed_benchmarks.py too; its --memory run is registered below.
 
 
 def test_every_benchmark_has_a_smoke_run_and_every_run_a_benchmark():
