@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cogvid.errors import CheckpointError, MissingFileError
+from cogvid.errors import CheckpointError
 from cogvid.layout import LAYOUT_HINT, MODEL_STATES, resolve_checkpoint_file
 from cogvid.spec import Generation
 

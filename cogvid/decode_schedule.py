@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cogvid.errors import UsageError
+from cogvid.errors import UsageError, choice_hint
 
 FirstFrame = Literal["odd", "always", "never"]
 SCHEDULES = ("1.0", "1.5", "1.5-diffusers", "whole")
@@ -83,7 +83,7 @@ def decode_plan(latent_frames: int, schedule: str) -> list[DecodeChunk]:
         return chunks
     if schedule == "whole":
         return [DecodeChunk(0, latent_frames, "odd")]
-    raise UsageError(f"unknown VAE decode schedule {schedule!r}", hint=f"use one of: {', '.join(SCHEDULES)}")
+    raise UsageError(f"unknown VAE decode schedule {schedule!r}", hint=choice_hint(schedule, SCHEDULES))
 
 
 def chunk_pixel_frames(latent_frames: int, first_frame: FirstFrame, temporal_levels: int = 2) -> int:

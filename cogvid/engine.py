@@ -9,8 +9,6 @@ channel axis of every DiT call; the 1.5-I2V ``ofs`` input; the chunked inference
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cogvid.config import instantiate
-from cogvid.errors import MissingFileError, UsageError
+from cogvid.errors import UsageError
 from cogvid.lora import apply_loras_, check_fit, load_loras
 from cogvid.offload import Placement, out_of_memory, place
 from cogvid.registry import WeightPaths

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -81,3 +83,10 @@ def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
 
 class CogvidWarning(UserWarning):
     """Base class of the warnings cogvid gives a user (the CLI shows them as ``warning:`` lines)."""
+
+
+def choice_hint(value: object, choices: Sequence[str], what: str = "use one of") -> str:
+    """The hint for a value that is not one of ``choices``: the closest ones first, then the list."""
+    close = difflib.get_close_matches(str(value), list(choices), n=2, cutoff=0.5)
+    suggestion = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"{suggestion}{what}: {', '.join(choices)}"

@@ -17,7 +17,6 @@ Like the original, EXIF orientation is not applied and an alpha channel is dropp
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from typing import TYPE_CHECKING
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cogvid.decode_schedule import decode_plan
-from cogvid.errors import DeviceError, UsageError
+from cogvid.errors import DeviceError, UsageError, choice_hint
 from cogvid.memory_walk import decode_bytes, dit_step_bytes, encode_image_bytes, t5_encode_bytes
 from cogvid.model_sizes import DiTSize, T5Size, VAESize, dit_size, t5_size, vae_size
 from cogvid.request import OFFLOAD_MODES
@@ -203,9 +203,9 @@ def estimate(
     linear weights at one byte each. Raises UsageError for an unknown offload mode.
     """
     if offload not in OFFLOAD_MODES:
-        raise UsageError(f"unknown offload mode {offload!r}", hint=f"use one of: {', '.join(OFFLOAD_MODES)}")
+        raise UsageError(f"unknown offload mode {offload!r}", hint=choice_hint(offload, OFFLOAD_MODES))
     if quantize is not None and quantize not in QUANTIZE:
-        raise UsageError(f"unknown quantization {quantize!r}", hint=f"use one of: {', '.join(QUANTIZE)}")
+        raise UsageError(f"unknown quantization {quantize!r}", hint=choice_hint(quantize, QUANTIZE))
     spec = model.spec
     device = plan_device(device)
     dtype = run_dtype(dtype, model.model_dtype, device)

@@ -25,7 +25,7 @@ from typing import Any
 
 from cogvid.devices import DTYPE_ALIASES
 from cogvid.diffusion import MAX_STEPS, SAMPLER_NAMES
-from cogvid.errors import ArgumentTypeError, UsageError
+from cogvid.errors import ArgumentTypeError, UsageError, choice_hint
 from cogvid.speed.options import DEFAULT_ATTENTION, check_attention, check_cache, check_choice, check_quantize
 
 SCHEMA_VERSION = 1
@@ -361,7 +361,7 @@ def _parallel(value: Any) -> str:
     from cogvid.parallel import PARALLEL_MODES
 
     if value not in PARALLEL_MODES:
-        raise UsageError(f"unknown --parallel mode {value!r}", hint=f"use one of: {', '.join(PARALLEL_MODES)}")
+        raise UsageError(f"unknown --parallel mode {value!r}", hint=choice_hint(value, PARALLEL_MODES))
     return value
 
 
@@ -377,11 +377,7 @@ def _offload(value: Any) -> str | None:
     if isinstance(value, bool):
         return "model" if value else None
     if value is not None and value not in OFFLOAD_MODES:
-        close = difflib.get_close_matches(str(value), OFFLOAD_MODES, n=1)
-        raise UsageError(
-            f"unknown offload mode {value!r}",
-            hint=f"{f'did you mean {close[0]!r}? ' if close else ''}use one of: {', '.join(OFFLOAD_MODES)}",
-        )
+        raise UsageError(f"unknown offload mode {value!r}", hint=choice_hint(value, OFFLOAD_MODES))
     return value
 
 
@@ -420,7 +416,7 @@ def _model(value: Any) -> ModelChoice:
 
 def _decode(value: Any) -> str:
     if value not in DECODES:
-        raise UsageError(f"unknown decode {value!r}", hint=f"use one of: {', '.join(DECODES)}")
+        raise UsageError(f"unknown decode {value!r}", hint=choice_hint(value, DECODES))
     return value
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from cogvid.diffusion import check_num_steps
-from cogvid.errors import ConfigError
 
 
 def linear_beta_schedule(num_timesteps: int, linear_start: float, linear_end: float) -> np.ndarray:

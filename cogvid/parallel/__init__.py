@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cogvid.errors import UsageError
+from cogvid.errors import UsageError, choice_hint
 
 PARALLEL_MODES = ("auto", "data", "cfg", "sequence", "cfg+sequence")
 SPLIT_MODES = ("cfg", "sequence", "cfg+sequence")  # one video over several processes
@@ -81,7 +81,7 @@ def plan_parallel(mode: str, world: int, *, heads: int, tokens: int, guided: boo
     them out). Raises a UsageError naming the valid choices when the split is impossible.
     """
     if mode not in PARALLEL_MODES:
-        raise UsageError(f"unknown --parallel mode {mode!r}", hint=f"use one of: {', '.join(PARALLEL_MODES)}")
+        raise UsageError(f"unknown --parallel mode {mode!r}", hint=choice_hint(mode, PARALLEL_MODES))
     if world <= 1:
         if mode in SPLIT_MODES:
             raise UsageError(

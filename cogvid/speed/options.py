@@ -12,7 +12,7 @@ import importlib.util
 import math
 from typing import Any
 
-from cogvid.errors import UsageError
+from cogvid.errors import UsageError, choice_hint
 
 QUANTIZE_MODES = ("int8wo", "int8dq", "fp8wo", "fp8dq")
 """torchao modes: int8 weight-only, int8 dynamic activations + int8 weights, and the fp8 pair."""
@@ -38,14 +38,14 @@ def check_quantize(value: Any) -> str | None:
     if value is None:
         return None
     if value not in QUANTIZE_MODES:
-        raise UsageError(f"unknown quantization {value!r}", hint=f"use one of: {', '.join(QUANTIZE_MODES)}")
+        raise UsageError(f"unknown quantization {value!r}", hint=choice_hint(value, QUANTIZE_MODES))
     return value
 
 
 def check_attention(value: Any) -> str:
     """One of :data:`ATTENTION_KERNELS`."""
     if value not in ATTENTION_KERNELS:
-        raise UsageError(f"unknown attention kernel {value!r}", hint=f"use one of: {', '.join(ATTENTION_KERNELS)}")
+        raise UsageError(f"unknown attention kernel {value!r}", hint=choice_hint(value, ATTENTION_KERNELS))
     return value
 
 

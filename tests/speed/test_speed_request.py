@@ -107,3 +107,16 @@ def test_repl_set_cache():
     assert with_setting(template, "cache", "off").cache is None and parse_setting("cache", "default") is None
     with pytest.raises(UsageError, match="unknown step cache"):
         with_setting(template, "cache", "fastest")
+
+
+@pytest.mark.parametrize("changes, suggestion", [
+    ({"quantize": "int8"}, "did you mean 'int8wo' or 'int8dq'?"),
+    ({"quantize": "fp8"}, "did you mean 'fp8wo' or 'fp8dq'?"),
+    ({"attention": "flash2"}, "did you mean 'flash'?"),
+    ({"offload": "block"}, "did you mean 'blocks'?"),
+])
+def test_a_near_miss_names_the_closest_choices(changes, suggestion):
+    with pytest.raises(UsageError) as error:
+        ModelChoice(**changes)
+    assert error.value.hint.startswith(suggestion)
+    assert "use one of:" in error.value.hint
