@@ -138,6 +138,14 @@ class SafetensorsFolder:
             self._mapped[file] = safe_open(str(file), framework="pt")
         return self._mapped[file].get_tensor(name)
 
+    def mapped_rows(self, name: str, index: int = 0, count: int = 1) -> torch.Tensor:
+        """Row chunk ``index`` of ``count`` equal row chunks of tensor ``name``, memory-mapped (no copy)."""
+        tensor = self.mapped(name)
+        rows = tensor.shape[0] if tensor.dim() else 1
+        if rows % count:
+            raise CheckpointError(f"{self.folder}: {name} has {rows} rows, not divisible into {count} parts")
+        return tensor.reshape(rows, -1)[index * rows // count : (index + 1) * rows // count]
+
     def read_rows_into(self, name: str, out: torch.Tensor, index: int = 0, count: int = 1) -> None:
         """Copy row chunk ``index`` of ``count`` equal chunks of tensor ``name`` into ``out`` (a CPU tensor of
         that chunk's shape, any dtype), reading the bytes from the file without mapping them. Thread-safe."""

@@ -4,6 +4,7 @@ fallback, casts, many threads at once) gives exactly the stored numbers; a trunc
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +60,41 @@ def test_a_truncated_file_is_refused(tmp_path):
     file.write_bytes(file.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="truncated"):
         SafetensorsFolder(tmp_path, "model")
+
+
+def test_mapped_row_chunks_are_the_stored_rows(folder):
+    path, tensors = folder
+    with SafetensorsFolder(path, "model") as files:
+        for name, tensor in tensors.items():
+            assert [files.mapped_rows(name, k, 3).tolist() for k in range(3)] == [tensor[4 * k : 4 * k + 4].tolist() for k in range(3)]
+        with pytest.raises(CheckpointError, match="not divisible into 5 parts"):
+            files.mapped_rows("t0", 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["as-stored", "cast"])
+def test_fused_tensors_assembled_off_the_host_equal_those_read_into_place(tmp_path, monkeypatch, dtype):
+    """Off the CPU, q/k/v and the AdaLN halves are copied to the device from the mapped file instead of read
+    into host memory: forced here on the CPU, both paths give the same state, bit for bit."""
+    from omegaconf import OmegaConf
+
+    from cogvid import diffusers_weights
+    from cogvid.diffusers_weights import dit_to_diffusers, read_dit
+    from cogvid.dit.model import build_dit
+
+    node = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "models" / "cogvideox_5b.yaml").model.network_config
+    node = OmegaConf.merge(node, {"params": {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "time_embed_dim": 32,
+                                             "modules": {"patch_embed_config": {"params": {"text_hidden_size": 16}}}}})
+    model = build_dit(node, dtype=torch.float16, device="meta")
+    optional = model.optional_state_keys()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in optional}
+    generator = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=generator).half() for k, shape in expected.items()}
+    save_folder(tmp_path, dit_to_diffusers(state), "diffusion_pytorch_model", max_shard_bytes=2**16)
+    kwargs = {"what": "DiT", "dtype": dtype, "device": torch.device("cpu")}
+    in_place = read_dit(tmp_path, expected, **kwargs)
+    monkeypatch.setattr(diffusers_weights, "reads_in_place", lambda device: False)
+    copied = read_dit(tmp_path, expected, **kwargs)
+    assert in_place.keys() == copied.keys() == state.keys()
+    for key, value in state.items():
+        assert in_place[key].dtype == copied[key].dtype == dtype
+        assert torch.equal(in_place[key], value.to(dtype)) and torch.equal(copied[key], value.to(dtype)), key
