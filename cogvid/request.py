@@ -97,11 +97,7 @@ def sampler_name(value: str) -> str:
     for short, target in SAMPLER_NAMES.items():
         if value == target:
             return short
-    close = difflib.get_close_matches(value, list(SAMPLER_NAMES), n=1, cutoff=0.4)
-    raise UsageError(
-        f"unknown sampler {value!r}",
-        hint=f"{f'did you mean {close[0]!r}? ' if close else ''}known samplers: {', '.join(SAMPLER_NAMES)}",
-    )
+    raise UsageError(f"unknown sampler {value!r}", hint=choice_hint(value, SAMPLER_NAMES, "known samplers"))
 
 
 # --------------------------------------------------------------------------------------------

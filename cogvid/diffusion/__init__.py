@@ -6,12 +6,11 @@ This module itself imports neither torch nor OmegaConf (the CLI lists sampler na
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from typing import TYPE_CHECKING, Any
 
-from cogvid.errors import ConfigError, UsageError
+from cogvid.errors import ConfigError, UsageError, choice_hint
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -73,12 +72,7 @@ def sampler_params(target: str) -> tuple[str, ...]:
 
 
 def _unknown_sampler(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, list(SAMPLER_NAMES), n=1, cutoff=0.4)
-    suggestion = f"did you mean {close[0]!r}? " if close else ""
-    return ConfigError(
-        f"unknown sampler {name!r}",
-        hint=f"{suggestion}known samplers: {', '.join(SAMPLER_NAMES)}",
-    )
+    return ConfigError(f"unknown sampler {name!r}", hint=choice_hint(name, SAMPLER_NAMES, "known samplers"))
 
 
 def sampler_config_with(name: str, base_sampler_config: Any) -> DictConfig:
