@@ -18,6 +18,7 @@ how many were skipped; the sidecar records them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ def relative_l1(new: torch.Tensor, old: torch.Tensor) -> float:
     return float((new.float() - old32).abs().mean() / old32.abs().mean().clamp_min(1e-12))
 
 
-class StepCache:
+class StepCache(abc.ABC):
     """Counters and the always-run rule shared by the caches; ``total`` is the expected number of forwards."""
 
     kind = ""
@@ -64,9 +65,10 @@ class StepCache:
         return {"dit_forwards": self.forwards, "ran": self.forwards - self.skipped, "skipped": self.skipped,
                 "blocks_run": self.blocks_run, "blocks_total": self.blocks_total}
 
+    @abc.abstractmethod
     def run(self, blocks: Sequence[Block], hidden: torch.Tensor, emb: torch.Tensor, text_length: int,
             cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The block stack's output for ``hidden``: run (some of) ``blocks``, or the cached residual added."""
 
 
 class TeaCache(StepCache):
