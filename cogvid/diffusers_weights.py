@@ -99,7 +99,7 @@ def _stored(files: SafetensorsFolder, parts: tuple[Part, ...], dtype: torch.dtyp
     """The tensor of a one-part plan entry straight from the file (memory-mapped on the CPU); None when it must be assembled."""
     if len(parts) != 1 or parts[0].count != 1:
         return None
-    if files.entries[parts[0].key].dtype == dtype or device.type != "cpu":
+    if files.entries[parts[0].key].dtype == dtype or not reads_in_place(device):
         return files.mapped(parts[0].key)  # used as stored: no copy (cast on the way to another device)
     return None
 

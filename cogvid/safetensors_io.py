@@ -140,19 +140,14 @@ class SafetensorsFolder:
 
     def mapped_rows(self, name: str, index: int = 0, count: int = 1) -> torch.Tensor:
         """Row chunk ``index`` of ``count`` equal row chunks of tensor ``name``, memory-mapped (no copy)."""
-        tensor = self.mapped(name)
-        rows = tensor.shape[0] if tensor.dim() else 1
-        if rows % count:
-            raise CheckpointError(f"{self.folder}: {name} has {rows} rows, not divisible into {count} parts")
-        return tensor.reshape(rows, -1)[index * rows // count : (index + 1) * rows // count]
+        rows = self._rows(name, count)
+        return self.mapped(name).reshape(rows, -1)[index * rows // count : (index + 1) * rows // count]
 
     def read_rows_into(self, name: str, out: torch.Tensor, index: int = 0, count: int = 1) -> None:
         """Copy row chunk ``index`` of ``count`` equal chunks of tensor ``name`` into ``out`` (a CPU tensor of
         that chunk's shape, any dtype), reading the bytes from the file without mapping them. Thread-safe."""
         entry = self.entries[name]
-        rows = entry.shape[0] if entry.shape else 1
-        if rows % count:
-            raise CheckpointError(f"{self.folder}: {name} has {rows} rows, not divisible into {count} parts")
+        self._rows(name, count)
         chunk = (entry.end - entry.start) // count
         direct = out.dtype == entry.dtype and out.is_contiguous() and out.device.type == "cpu"
         buffer = out if direct else torch.empty(out.shape, dtype=entry.dtype)
@@ -169,6 +164,14 @@ class SafetensorsFolder:
             done += n
         if not direct:
             out.copy_(buffer)
+
+    def _rows(self, name: str, count: int) -> int:
+        """The rows of tensor ``name`` (1 for a scalar), checked to split into ``count`` equal chunks."""
+        shape = self.entries[name].shape
+        rows = shape[0] if shape else 1
+        if rows % count:
+            raise CheckpointError(f"{self.folder}: {name} has {rows} rows, not divisible into {count} parts")
+        return rows
 
     def prefetch(self) -> None:
         """Ask the kernel to read every file ahead, in file order (a first load from the disk, not from the
