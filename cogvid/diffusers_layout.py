@@ -43,7 +43,7 @@ model.safetensors or shards), tokenizer/ (spiece.model) and scheduler/scheduler_
 _FIXED_TRANSFORMER = {
     "flip_sin_to_cos": True, "freq_shift": 0, "attention_bias": True, "activation_fn": "gelu-approximate",
     "timestep_activation_fn": "silu", "norm_elementwise_affine": True, "norm_eps": 1e-5, "dropout": 0.0,
-    "temporal_interpolation_scale": 1.0, "patch_size": 2,
+    "temporal_interpolation_scale": 1.0,
 }
 _FIXED_VAE = {"in_channels": 3, "out_channels": 3, "norm_num_groups": 32, "temporal_compression_ratio": 4, "act_fn": "silu"}
 # Registry names of the released families, by (generation, image-to-video, rotary positions).
@@ -149,6 +149,7 @@ class DiffusersFolder:
         heads = self._get(t, "num_attention_heads", int, where)
         head_dim = self._get(t, "attention_head_dim", int, where)
         v15 = self.generation is Generation.V1_5
+        patch = self._get(t, "patch_size", int, where) if "patch_size" in t else 2  # diffusers' default
         text_length = self._get(t, "max_text_seq_length", int, where)
         if v15 and text_length == DIFFUSERS_DEFAULT_TEXT_LENGTH:
             text_length = ORIGINAL_V15_TEXT_LENGTH  # no 1.5 tensor depends on it; the original encodes 224 tokens
@@ -170,7 +171,7 @@ class DiffusersFolder:
             "latent_height": self._get(t, "sample_height", int, where),
             "num_frames": self._get(t, "sample_frames", int, where),
             "time_compressed_rate": int(t.get("temporal_compression_ratio", 4)),
-            "patch_size": [self._get(t, "patch_size_t", int, where), 2, 2] if v15 else 2,
+            "patch_size": [self._get(t, "patch_size_t", int, where), patch, patch] if v15 else patch,
             "modules": {"pos_embed_config": {"params": pos},
                         "patch_embed_config": {"params": {"text_hidden_size": self._get(t, "text_embed_dim", int, where)}}},
         }
@@ -252,7 +253,8 @@ def export_configs(cfg: Any, image_to_video: bool) -> dict[str, dict[str, Any]]:
         "num_layers": int(net["num_layers"]),
         "sample_width": int(net["latent_width"]), "sample_height": int(net["latent_height"]),
         "sample_frames": int(net["num_frames"]),
-        "patch_size": 2, "patch_size_t": int(patch[0]) if v15 else None, "patch_bias": not v15,
+        "patch_size": int(patch[1]) if v15 else int(patch), "patch_size_t": int(patch[0]) if v15 else None,
+        "patch_bias": not v15,
         "temporal_compression_ratio": int(net["time_compressed_rate"]),
         "max_text_seq_length": int(pos_params["text_length"]),
         "spatial_interpolation_scale": float(pos_params.get("height_interpolation", 1.875)) if not rotary else 1.875,

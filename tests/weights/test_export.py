@@ -114,6 +114,19 @@ def test_merged_lora_export_runs_as_cogvid_runs_the_lora(tiny_lora, tmp_path):
     assert np.array_equal(ours.frames, theirs.frames)
 
 
+def test_a_patch_size_other_than_two_travels_with_the_export(tmp_path):
+    """The demo model's DiT has patch 1 (the released models 2): the export's config says so, diffusers
+    builds the transformer with it, and cogvid runs the export with the same frames as the original."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    exported = export("cogvideox-tiny", tmp_path / "diffusers")
+    assert json.loads((exported.folder / "transformer" / "config.json").read_text())["patch_size"] == 1
+    assert CogVideoXTransformer3DModel.from_pretrained(str(exported.folder / "transformer")).config.patch_size == 1
+    sat, copy = cogvid.load("cogvideox-tiny"), cogvid.load(str(exported.folder))
+    a, b = (pipe.generate("a red circle moving left", seed=1, steps=4) for pipe in (sat, copy))
+    assert torch.equal(a.latents, b.latents) and np.array_equal(a.frames, b.frames)
+
+
 def test_export_is_atomic_and_never_overwrites(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
